@@ -1,0 +1,407 @@
+"""The one typed configuration file of fleetmon.
+
+A YAML file is read, environment overrides are merged in, and the result is validated with pydantic
+at start-up. A bad file is refused with a `ConfigError` that names the file, the key and what was
+expected, e.g. ``config/fleetmon.yml: fleet.customers.0.buildings.2.latitude: Input should be a valid
+number (got 'north')``.
+
+Environment overrides (for secrets and URLs):
+  - ``FLEETMON__<SECTION>__<KEY>=value`` sets any key (``__`` separates levels, case-insensitive),
+    e.g. ``FLEETMON__MLFLOW__TRACKING_URI=http://mlflow:5000``. The value is parsed as a YAML scalar.
+  - MLflow's own variables are honoured: ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``,
+    ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``.
+
+Relative paths in the file are resolved against the file's directory, so a config works from any cwd.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "FLEETMON__"
+# Label values must stay bounded and safe in PromQL regexes and URLs.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names file, key and expectation."""
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------- fleet
+class Building(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = ""
+    building_type: str = Field(default="office", pattern=ID_PATTERN)
+    volume_m3: float = Field(default=0.0, ge=0)
+    weather_station: str = ""
+    latitude: float = Field(default=0.0, ge=-90, le=90)
+    longitude: float = Field(default=0.0, ge=-180, le=180)
+    # Override the fleet-wide energy types / roles for this building (empty = fleet default).
+    energy_types: list[str] = Field(default_factory=list)
+    model_roles: list[str] = Field(default_factory=list)
+
+
+class Customer(_Model):
+    id: str = Field(pattern=ID_PATTERN)
+    name: str = ""
+    # Alert routing: which team receives this customer's pages.
+    team: str = "ops"
+    buildings: list[Building] = Field(default_factory=list)
+
+    @field_validator("buildings")
+    @classmethod
+    def _unique_buildings(cls, v: list[Building]) -> list[Building]:
+        seen: set[str] = set()
+        for b in v:
+            if b.id in seen:
+                raise ValueError(f"duplicate building id {b.id!r}")
+            seen.add(b.id)
+        return v
+
+
+class ModelKey(BaseModel):
+    """One model of the fleet: the label set that every per-model metric carries."""
+
+    model_config = ConfigDict(frozen=True)
+    customer: str
+    building: str
+    energy: str
+    model: str
+
+    def labels(self) -> dict[str, str]:
+        return {"customer": self.customer, "building": self.building, "energy": self.energy, "model": self.model}
+
+
+class FleetConfig(_Model):
+    energy_types: list[str] = Field(default_factory=lambda: ["electricity", "heating"], min_length=1)
+    model_roles: list[str] = Field(default_factory=lambda: ["forecast", "anomaly"], min_length=1)
+    # Which roles are forecasters (quality = error metrics) and which are anomaly detectors.
+    forecast_roles: list[str] = Field(default_factory=lambda: ["forecast"])
+    anomaly_roles: list[str] = Field(default_factory=lambda: ["anomaly"])
+    # A separate YAML file holding ``customers:`` (large fleets); merged with inline customers.
+    include: Path | None = None
+    customers: list[Customer] = Field(default_factory=list)
+
+    @field_validator("energy_types", "model_roles")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        for x in v:
+            if not re.match(ID_PATTERN, x):
+                raise ValueError(f"{x!r} is not a valid identifier (letters, digits, _ . -)")
+        return v
+
+    @field_validator("customers")
+    @classmethod
+    def _unique_customers(cls, v: list[Customer]) -> list[Customer]:
+        seen: set[str] = set()
+        for c in v:
+            if c.id in seen:
+                raise ValueError(f"duplicate customer id {c.id!r}")
+            seen.add(c.id)
+        return v
+
+    def buildings(self) -> list[tuple[Customer, Building]]:
+        return [(c, b) for c in self.customers for b in c.buildings]
+
+    def models(self) -> list[ModelKey]:
+        """Every model of the fleet, in a stable order."""
+        out = []
+        for c, b in self.buildings():
+            for e in b.energy_types or self.energy_types:
+                for r in b.model_roles or self.model_roles:
+                    out.append(ModelKey(customer=c.id, building=b.id, energy=e, model=r))
+        return out
+
+    def is_forecaster(self, role: str) -> bool:
+        return role in self.forecast_roles
+
+    def is_anomaly_detector(self, role: str) -> bool:
+        return role in self.anomaly_roles
+
+
+# ------------------------------------------------------------------------------------------- sources
+class ListenConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class MlflowConfig(_Model):
+    enabled: bool = True
+    tracking_uri: str = "http://127.0.0.1:5000"
+    # Credentials: prefer the environment (MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD).
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+    poll_interval_seconds: float = Field(default=30, gt=0)
+    timeout_seconds: float = Field(default=10, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    # How runs and registered models map to the fleet: tag keys on runs / registered models ...
+    tag_keys: dict[str, str] = Field(
+        default_factory=lambda: {"customer": "customer", "building": "building", "energy": "energy", "model": "model"}
+    )
+    # ... or, for registered models without tags, a name pattern.
+    registered_model_pattern: str = "{customer}.{building}.{energy}.{model}"
+    # Which logged run metrics are exported as model quality.
+    metric_keys: list[str] = Field(default_factory=lambda: ["mae", "rmse", "mape"])
+    # Logged run metrics holding durations, by kind (label ``kind``).
+    duration_metric_keys: dict[str, str] = Field(
+        default_factory=lambda: {
+            "training": "training_duration_seconds",
+            "inference": "inference_duration_seconds",
+        }
+    )
+    aliases: list[str] = Field(default_factory=lambda: ["champion", "challenger"])
+    listen: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9701))
+
+    @model_validator(mode="after")
+    def _pattern_fields(self) -> MlflowConfig:
+        for key in ("customer", "building", "energy", "model"):
+            if key not in self.tag_keys:
+                raise ValueError(f"tag_keys must name a tag for {key!r}")
+            if "{" + key + "}" not in self.registered_model_pattern:
+                raise ValueError(f"registered_model_pattern must contain {{{key}}}")
+        return self
+
+
+class FileSource(_Model):
+    glob: str
+    format: Literal["jsonl", "csv", "parquet"] = "jsonl"
+
+
+class SqlSource(_Model):
+    url: str
+    query: str
+
+
+class DriftColumnOverride(_Model):
+    # Evidently stattest name (ks, chisquare, z, wasserstein, jensenshannon, psi, ...)
+    stattest: str | None = None
+    threshold: float | None = None
+
+
+class DriftConfig(_Model):
+    enabled: bool = True
+    interval_seconds: float = Field(default=300, gt=0)
+    # rolling: reference = [now - reference_window - current_window, now - current_window)
+    reference: Literal["rolling", "file"] = "rolling"
+    reference_window_seconds: float = Field(default=7 * 86400, gt=0)
+    current_window_seconds: float = Field(default=86400, gt=0)
+    # For reference: file -- path or glob with a ``{customer}`` ... ``{model}`` pattern, or mlflow-artifacts:/ URI
+    reference_path: str | None = None
+    # Evidently's dataset-drift share (DataDriftPreset drift_share)
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    columns: dict[str, DriftColumnOverride] = Field(default_factory=dict)
+
+
+class OutputsConfig(_Model):
+    enabled: bool = True
+    predictions: list[FileSource] = Field(default_factory=list)
+    actuals: list[FileSource] = Field(default_factory=list)
+    sql: list[SqlSource] = Field(default_factory=list)
+    # The expected input features of every model; a missing or new column is a schema change.
+    features: list[str] = Field(default_factory=list)
+    poll_interval_seconds: float = Field(default=15, gt=0)
+    # Quality windows over matured predictions, name -> seconds (names become the ``window`` label).
+    windows: dict[str, float] = Field(default_factory=lambda: {"24h": 86400.0, "7d": 7 * 86400.0})
+    # How long predictions are kept in memory (must cover the longest window and drift windows).
+    retention_seconds: float = Field(default=8 * 86400, gt=0)
+    # Timestamps further than this in the future are rejected.
+    max_future_skew_seconds: float = Field(default=300, ge=0)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    quarantine_dir: Path = Path("var/quarantine/outputs")
+    state_dir: Path = Path("var/state/outputs")
+    listen: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9702))
+
+
+class ProcessMatch(_Model):
+    name: str = Field(pattern=ID_PATTERN)
+    # regex matched against the process name or its command line
+    match: str
+
+
+class LogsConfig(_Model):
+    enabled: bool = True
+    # app name -> globs of log files belonging to it
+    apps: dict[str, list[str]] = Field(default_factory=dict)
+    poll_interval_seconds: float = Field(default=2, gt=0)
+    max_routes: int = Field(default=100, ge=1)
+    state_file: Path = Path("var/state/logs-positions.json")
+    quarantine_file: Path = Path("var/quarantine/logs.jsonl")
+
+
+class PlatformConfig(_Model):
+    logs: LogsConfig = Field(default_factory=LogsConfig)
+    processes: list[ProcessMatch] = Field(default_factory=list)
+    host: bool = True
+    gpu: bool = True
+    listen: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9703))
+
+
+# ------------------------------------------------------------------------------------- demo + stack
+class DemoConfig(_Model):
+    seed: int = 42
+    customers: int = Field(default=4, ge=1)
+    buildings: int = Field(default=20, ge=1)
+    # One simulated hour lasts 3600 / time_scale wall seconds (60: a "day" of data every 24 minutes).
+    time_scale: float = Field(default=60, gt=0)
+    # Simulated history written at start-up, in simulated hours (reference windows are full at once).
+    backfill_hours: int = Field(default=24 * 8, ge=0)
+    # Where simulated outputs, logs and the ground truth go.
+    output_dir: Path = Path("var/demo")
+    # Seconds after start-up at which the first incidents begin (wall time).
+    first_incident_after_seconds: float = Field(default=60, ge=0)
+
+
+class StackConfig(_Model):
+    state_dir: Path = Path("var/run")
+    data_dir: Path = Path("var/data")
+    prometheus_port: int = 9090
+    alertmanager_port: int = 9093
+    pushgateway_port: int = 9091
+    mlflow_port: int = 5000
+    grafana_port: int = 3000
+    webhook_port: int = 9704
+
+
+class Config(_Model):
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    platform: PlatformConfig = Field(default_factory=PlatformConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    stack: StackConfig = Field(default_factory=StackConfig)
+    # The file it was read from (None when built in code).
+    source: Path | None = Field(default=None, exclude=True)
+
+
+# --------------------------------------------------------------------------------------------- load
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for name, value in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = raw
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[part] = nxt
+            node = nxt
+        node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+    mlflow = raw.setdefault("mlflow", {}) if isinstance(raw.get("mlflow", {}), dict) else raw["mlflow"]
+    for env, key in (
+        ("MLFLOW_TRACKING_URI", "tracking_uri"),
+        ("MLFLOW_TRACKING_TOKEN", "token"),
+        ("MLFLOW_TRACKING_USERNAME", "username"),
+        ("MLFLOW_TRACKING_PASSWORD", "password"),
+    ):
+        if environ.get(env):
+            mlflow[key] = environ[env]
+    return raw
+
+
+def _format_error(path: Path | str, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Make relative paths absolute against the config file's directory."""
+
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p).resolve()
+
+    def fix_glob(g: str) -> str:
+        return g if os.path.isabs(g) or "://" in g else str(base / g)
+
+    cfg.outputs.quarantine_dir = fix(cfg.outputs.quarantine_dir)
+    cfg.outputs.state_dir = fix(cfg.outputs.state_dir)
+    for src in [*cfg.outputs.predictions, *cfg.outputs.actuals]:
+        src.glob = fix_glob(src.glob)
+    if cfg.outputs.drift.reference_path:
+        cfg.outputs.drift.reference_path = fix_glob(cfg.outputs.drift.reference_path)
+    logs = cfg.platform.logs
+    logs.state_file = fix(logs.state_file)
+    logs.quarantine_file = fix(logs.quarantine_file)
+    logs.apps = {app: [fix_glob(g) for g in globs] for app, globs in logs.apps.items()}
+    cfg.demo.output_dir = fix(cfg.demo.output_dir)
+    cfg.stack.state_dir = fix(cfg.stack.state_dir)
+    cfg.stack.data_dir = fix(cfg.stack.data_dir)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: (top level): expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, validate. Raises ConfigError naming file and key."""
+    path = Path(path)
+    raw = _apply_env(_read_yaml(path), os.environ if environ is None else environ)
+    base = path.resolve().parent
+    # A fleet include file contributes customers (kept apart so large fleets stay readable).
+    fleet = raw.get("fleet")
+    if isinstance(fleet, dict) and fleet.get("include"):
+        inc = Path(str(fleet["include"]))
+        inc = inc if inc.is_absolute() else base / inc
+        inc_raw = _read_yaml(inc)
+        unknown = set(inc_raw) - {"customers"}
+        if unknown:
+            raise ConfigError(f"{inc}: {sorted(unknown)[0]}: unknown key (a fleet file holds only 'customers')")
+        try:
+            FleetConfig.model_validate({"customers": inc_raw.get("customers") or []})
+        except ValidationError as e:
+            raise ConfigError(_format_error(inc, e).replace(f"{inc}: ", f"{inc}: fleet.")) from e
+        fleet["customers"] = list(fleet.get("customers") or []) + list(inc_raw.get("customers") or [])
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from e
+    cfg.source = path.resolve()
+    _resolve_paths(cfg, base)
+    return cfg
+
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "fleetmon.yml"
+
+
+def default_config_path() -> Path:
+    """``$FLEETMON_CONFIG`` or the demo config shipped in the repository."""
+    return Path(os.environ.get("FLEETMON_CONFIG", str(DEFAULT_CONFIG)))
