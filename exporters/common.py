@@ -1,9 +1,9 @@
 """Flags shared by every fleetmon exporter, in node_exporter's style.
 
-  --config.file PATH            the fleetmon YAML config (env FLEETMON_CONFIG)
-  --web.listen-address H:P      overrides the exporter's ``listen`` from the config
-  --collector.NAME / --no-collector.NAME   switch a collector on or off
-  --log.level LEVEL
+--config.file PATH            the fleetmon YAML config (env FLEETMON_CONFIG)
+--web.listen-address H:P      overrides the exporter's ``listen`` from the config
+--collector.NAME / --no-collector.NAME   switch a collector on or off
+--log.level LEVEL
 """
 
 from __future__ import annotations
@@ -22,13 +22,20 @@ def parse_args(
 ) -> tuple[argparse.Namespace, dict[str, bool]]:
     p = argparse.ArgumentParser(prog=f"fleetmon exporter {name}", description=f"fleetmon {name} exporter")
     p.add_argument("--config.file", dest="config_file", default=str(default_config_path()))
-    p.add_argument("--web.listen-address", dest="listen", default=None, help="host:port (default from config)")
+    p.add_argument(
+        "--web.listen-address", dest="listen", default=None, help="host:port (default from config)"
+    )
     p.add_argument("--log.level", dest="log_level", default="info")
     for c in collector_names:
         spec = COLLECTORS[c]
         g = p.add_mutually_exclusive_group()
-        g.add_argument(f"--collector.{c}", dest=f"c_{c}", action="store_true", default=None,
-                       help=f"enable the {c} collector (default {'on' if spec.default_enabled else 'off'})")
+        g.add_argument(
+            f"--collector.{c}",
+            dest=f"c_{c}",
+            action="store_true",
+            default=None,
+            help=f"enable the {c} collector (default {'on' if spec.default_enabled else 'off'})",
+        )
         g.add_argument(f"--no-collector.{c}", dest=f"c_{c}", action="store_false")
     args = p.parse_args(argv)
     enabled = {c: v for c in collector_names if (v := getattr(args, f"c_{c}")) is not None}
@@ -43,7 +50,9 @@ def exporter_main(
     argv: Sequence[str] | None = None,
 ) -> int:
     args, enabled = parse_args(name, collector_names, argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_config(args.config_file)
     except ConfigError as e:

@@ -10,6 +10,14 @@ from collections.abc import Sequence
 # must not pay for importing evidently.
 COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("fleetmon.check_config", "validate a config file and print the fleet it describes"),
+    "exporter": ("exporters.cli", "run an exporter: mlflow, outputs or platform"),
+    "demo": ("simulator.cli", "the demo fleet: generate its fleet file, run the simulator"),
+    "stack": ("fleetmon.stack", "start, stop and inspect the native stack (up, down, status)"),
+    "push": ("fleetmon.push", "push a batch job's duration and outcome to the Pushgateway"),
+    "drift-report": (
+        "fleetmon.drift.report",
+        "write the Evidently HTML drift report for one building and model",
+    ),
 }
 
 

@@ -81,7 +81,12 @@ class ModelKey(BaseModel):
     model: str
 
     def labels(self) -> dict[str, str]:
-        return {"customer": self.customer, "building": self.building, "energy": self.energy, "model": self.model}
+        return {
+            "customer": self.customer,
+            "building": self.building,
+            "energy": self.energy,
+            "model": self.model,
+        }
 
 
 class FleetConfig(_Model):
@@ -153,7 +158,12 @@ class MlflowConfig(_Model):
     max_retries: int = Field(default=3, ge=0)
     # How runs and registered models map to the fleet: tag keys on runs / registered models ...
     tag_keys: dict[str, str] = Field(
-        default_factory=lambda: {"customer": "customer", "building": "building", "energy": "energy", "model": "model"}
+        default_factory=lambda: {
+            "customer": "customer",
+            "building": "building",
+            "energy": "energy",
+            "model": "model",
+        }
     )
     # ... or, for registered models without tags, a name pattern.
     registered_model_pattern: str = "{customer}.{building}.{energy}.{model}"
@@ -384,7 +394,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         inc_raw = _read_yaml(inc)
         unknown = set(inc_raw) - {"customers"}
         if unknown:
-            raise ConfigError(f"{inc}: {sorted(unknown)[0]}: unknown key (a fleet file holds only 'customers')")
+            raise ConfigError(
+                f"{inc}: {sorted(unknown)[0]}: unknown key (a fleet file holds only 'customers')"
+            )
         try:
             FleetConfig.model_validate({"customers": inc_raw.get("customers") or []})
         except ValidationError as e:

@@ -57,7 +57,9 @@ def register(name: str, *, default_enabled: bool = True, help: str = "") -> Call
     """Class decorator: make a collector known by name (``--collector.<name>`` switches it)."""
 
     def deco(factory: Any) -> Any:
-        COLLECTORS[name] = CollectorSpec(name, factory, default_enabled, help or (factory.__doc__ or "").strip())
+        COLLECTORS[name] = CollectorSpec(
+            name, factory, default_enabled, help or (factory.__doc__ or "").strip()
+        )
         factory.name = name
         return factory
 
@@ -80,7 +82,9 @@ class _HealthCollector:
 
     def collect(self) -> Iterator[Metric]:
         success = GaugeMetricFamily(
-            "fleetmon_scrape_collector_success", "Whether a collector succeeded on this scrape.", labels=["collector"]
+            "fleetmon_scrape_collector_success",
+            "Whether a collector succeeded on this scrape.",
+            labels=["collector"],
         )
         duration = GaugeMetricFamily(
             "fleetmon_scrape_collector_duration_seconds",
@@ -108,10 +112,14 @@ class _HealthCollector:
         if not states:
             return
         ok = GaugeMetricFamily(
-            "fleetmon_poll_success", "Whether the collector's last background poll succeeded.", labels=["collector"]
+            "fleetmon_poll_success",
+            "Whether the collector's last background poll succeeded.",
+            labels=["collector"],
         )
         dur = GaugeMetricFamily(
-            "fleetmon_poll_duration_seconds", "Duration of the collector's last background poll.", labels=["collector"]
+            "fleetmon_poll_duration_seconds",
+            "Duration of the collector's last background poll.",
+            labels=["collector"],
         )
         last = GaugeMetricFamily(
             "fleetmon_poll_last_success_timestamp_seconds",
@@ -235,7 +243,9 @@ def _landing_page(name: str, collectors: dict[str, Any]) -> str:
     )
 
 
-def build_collectors(names: Iterable[str], cfg: Config, enabled: dict[str, bool] | None = None) -> dict[str, Any]:
+def build_collectors(
+    names: Iterable[str], cfg: Config, enabled: dict[str, bool] | None = None
+) -> dict[str, Any]:
     """Instantiate the named collectors that are switched on (flags override defaults)."""
     enabled = enabled or {}
     out: dict[str, Any] = {}

@@ -14,7 +14,13 @@ FLEET = {
         {
             "id": "c1",
             "buildings": [
-                {"id": "b1", "building_type": "school", "volume_m3": 1200, "latitude": 60.17, "longitude": 24.94},
+                {
+                    "id": "b1",
+                    "building_type": "school",
+                    "volume_m3": 1200,
+                    "latitude": 60.17,
+                    "longitude": 24.94,
+                },
                 {"id": "b2", "energy_types": ["electricity"]},
             ],
         }
@@ -29,7 +35,9 @@ def write(tmp_path: Path, data: object, name: str = "fleetmon.yml") -> Path:
 
 
 def test_fleet_models_follow_configured_energy_types_and_roles(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, {"fleet": {**FLEET, "model_roles": ["forecast", "anomaly", "baseline"]}}), {})
+    cfg = load_config(
+        write(tmp_path, {"fleet": {**FLEET, "model_roles": ["forecast", "anomaly", "baseline"]}}), {}
+    )
     keys = [(m.building, m.energy, m.model) for m in cfg.fleet.models()]
     assert len(keys) == 3 * 2 + 3 * 1
     assert ("b1", "heating", "baseline") in keys
@@ -38,7 +46,9 @@ def test_fleet_models_follow_configured_energy_types_and_roles(tmp_path: Path) -
 
 def test_include_file_adds_customers_and_relative_paths_resolve(tmp_path: Path) -> None:
     write(tmp_path, FLEET, "fleet.yml")
-    p = write(tmp_path, {"fleet": {"include": "fleet.yml"}, "outputs": {"predictions": [{"glob": "out/*.jsonl"}]}})
+    p = write(
+        tmp_path, {"fleet": {"include": "fleet.yml"}, "outputs": {"predictions": [{"glob": "out/*.jsonl"}]}}
+    )
     cfg = load_config(p, {})
     assert [c.id for c in cfg.fleet.customers] == ["c1"]
     assert cfg.outputs.predictions[0].glob == str(tmp_path / "out/*.jsonl")
@@ -47,8 +57,10 @@ def test_include_file_adds_customers_and_relative_paths_resolve(tmp_path: Path) 
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"fleet": {"customers": [{"id": "c1", "buildings": [{"id": "b1", "latitude": "north"}]}]}},
-         "fleet.customers.0.buildings.0.latitude: Input should be a valid number"),
+        (
+            {"fleet": {"customers": [{"id": "c1", "buildings": [{"id": "b1", "latitude": "north"}]}]}},
+            "fleet.customers.0.buildings.0.latitude: Input should be a valid number",
+        ),
         ({"mlflow": {"tracking_url": "x"}}, "mlflow.tracking_url: unknown key"),
         ({"fleet": {"customers": [{"id": "c 1"}]}}, "fleet.customers.0.id: String should match pattern"),
         ({"fleet": {"customers": [{"id": "c1"}, {"id": "c1"}]}}, "duplicate customer id 'c1'"),
@@ -80,8 +92,14 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
 
 def test_environment_overrides_secrets_and_urls(tmp_path: Path) -> None:
     p = write(tmp_path, {"mlflow": {"tracking_uri": "http://from-file:5000"}})
-    cfg = load_config(p, {"FLEETMON__MLFLOW__TIMEOUT_SECONDS": "3.5", "MLFLOW_TRACKING_URI": "http://env:5000",
-                          "MLFLOW_TRACKING_TOKEN": "s3cret"})
+    cfg = load_config(
+        p,
+        {
+            "FLEETMON__MLFLOW__TIMEOUT_SECONDS": "3.5",
+            "MLFLOW_TRACKING_URI": "http://env:5000",
+            "MLFLOW_TRACKING_TOKEN": "s3cret",
+        },
+    )
     assert cfg.mlflow.tracking_uri == "http://env:5000"
     assert cfg.mlflow.timeout_seconds == 3.5
     assert cfg.mlflow.token == "s3cret"

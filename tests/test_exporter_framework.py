@@ -47,7 +47,9 @@ def test_one_failing_collector_does_not_take_the_others_down() -> None:
     assert reg.get_sample_value("fleetmon_poll_success", {"collector": "broken"}) == 0.0
     assert reg.get_sample_value("fleetmon_poll_success", {"collector": "good"}) == 1.0
     assert reg.get_sample_value("fleetmon_poll_last_success_timestamp_seconds", {"collector": "good"}) > 0
-    assert reg.get_sample_value("fleetmon_poll_last_success_timestamp_seconds", {"collector": "broken"}) is None
+    assert (
+        reg.get_sample_value("fleetmon_poll_last_success_timestamp_seconds", {"collector": "broken"}) is None
+    )
 
 
 def test_http_endpoints() -> None:
