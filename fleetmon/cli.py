@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("exporters.cli", "run an exporter: mlflow, outputs or platform"),
     "demo": ("simulator.cli", "the demo fleet: generate its fleet file, run the simulator"),
     "stack": ("fleetmon.stack", "start, stop and inspect the native stack (up, down, status)"),
+    "webhook": ("fleetmon.webhook", "the Alertmanager webhook receiver that keeps and shows notifications"),
     "push": ("fleetmon.push", "push a batch job's duration and outcome to the Pushgateway"),
     "drift-report": (
         "fleetmon.drift.report",
