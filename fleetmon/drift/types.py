@@ -13,6 +13,25 @@ import pandas as pd
 
 from fleetmon.config import ModelKey
 
+# Why a column is not computable (``ColumnDrift.error``): a short, bounded code, safe as a label value.
+# The order is the order in which Evidently checks them (``get_one_column_drift``).
+MISSING_COLUMN = "missing_column"  # the column is absent from a frame
+EMPTY_REFERENCE = "empty_reference"  # no finite / non-null value left in the reference window
+EMPTY_CURRENT = "empty_current"  # no finite / non-null value left in the current window
+NOT_NUMERIC = "not_numeric"  # a numerical column whose values are not numbers
+INVALID_STATTEST = "invalid_stattest"  # an override names an unknown test, or one not for this column type
+SCORE_NAN = "score_nan"  # the test ran but returned NaN
+STATTEST_ERROR = "stattest_error"  # the test raised anything else
+NOT_COMPUTABLE_REASONS = (
+    MISSING_COLUMN,
+    EMPTY_REFERENCE,
+    EMPTY_CURRENT,
+    NOT_NUMERIC,
+    INVALID_STATTEST,
+    SCORE_NAN,
+    STATTEST_ERROR,
+)
+
 
 @dataclass(frozen=True)
 class ColumnOverride:
@@ -44,7 +63,8 @@ class ColumnDrift:
     threshold: float
     score: float | None  # p-value or distance, as Evidently reports it; None when not computable
     drifted: bool | None  # None when not computable
-    error: str | None = None  # why it is not computable (empty column, constant categorical, ...)
+    error: str | None = None  # why it is not computable: one of NOT_COMPUTABLE_REASONS (a label value)
+    detail: str | None = None  # the underlying message (Evidently's exception text), for logs only
 
 
 @dataclass
