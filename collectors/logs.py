@@ -1,0 +1,570 @@
+"""Container log files -> per-app request, error, training, system-event, replica and memory metrics.
+
+Tailing, in the background ``poll()`` (the scrape only reads counters from memory):
+
+- Files are found by the globs of ``platform.logs.apps`` and followed by (device, inode), with the file
+  kept open, so a rotated file (renamed away, or deleted) is still read to its end through the open
+  descriptor; it is closed once a poll finds nothing more in it.
+- Truncation (copytruncate) is detected by the size dropping below the read position or by the first
+  bytes (a fingerprint) changing; reading restarts at 0 and ``fleetmon_logs_truncations_total`` counts it.
+- Reads are bounded chunks (``MAX_LINE`` + 1 bytes) split on newlines; an incomplete last line waits for
+  the next poll; a line without a newline within ``MAX_LINE`` bytes is rejected as ``too_long`` and
+  skipped up to its end without ever being held in memory.
+- Positions (device, inode, fingerprint, offset, pending partial records) and every aggregate are written
+  together, atomically, to ``logs.state_file``: after a restart the counters continue where they were and
+  reading resumes at the saved positions, so nothing is counted twice or skipped. A file renamed while the
+  exporter was down is found again by inode in its directory and read to its end.
+- Rejected lines are counted by reason and a rate-limited sample is appended to ``logs.quarantine_file``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from collectors.logformats import (
+    MAX_LINE,
+    REJECT_REASONS,
+    TRAINING_KINDS,
+    AppStats,
+    LineParser,
+    PartialState,
+)
+from fleetmon.config import Config, LogsConfig
+from fleetmon.exporter import register
+
+log = logging.getLogger(__name__)
+
+CHUNK = MAX_LINE + 1  # a full line of MAX_LINE bytes plus its newline fits in one read
+FP_LEN = 256  # bytes of a file's head that identify it (with device and inode)
+PASS_BYTES = 16 << 20  # per file and pass: files are served in turn, state saved between passes
+STATE_VERSION = 1
+
+
+def _fingerprint(head: bytes) -> str:
+    return hashlib.blake2b(head, digest_size=12).hexdigest()
+
+
+class Quarantine:
+    """Samples of rejected lines as JSON lines, rate-limited per (app, reason) and capped in size."""
+
+    def __init__(
+        self,
+        path: Path,
+        per_minute: float = 10.0,
+        burst: float = 10.0,
+        max_bytes: int = 16 << 20,
+        sample_bytes: int = 1024,
+    ) -> None:
+        self.path = path
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.max_bytes = max_bytes
+        self.sample_bytes = sample_bytes
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (tokens, last time)
+        self._pending: list[str] = []
+
+    def offer(self, app: str, reason: str, file: str, offset: int, line: bytes) -> bool:
+        """Keep a sample if the (app, reason) budget allows; returns whether it was kept."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get((app, reason), (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self._buckets[(app, reason)] = (tokens, now)
+            return False
+        self._buckets[(app, reason)] = (tokens - 1.0, now)
+        rec = {
+            "time": time.time(),
+            "reason": reason,
+            "app": app,
+            "file": file,
+            "offset": offset,
+            "length": len(line),
+            "line": line[: self.sample_bytes].decode("utf-8", "backslashreplace"),
+        }
+        self._pending.append(json.dumps(rec, ensure_ascii=False))
+        return True
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))  # keep one old file
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("\n".join(self._pending) + "\n")
+        except OSError as e:
+            log.warning("cannot write quarantine file %s: %s", self.path, e)
+        self._pending.clear()
+
+
+class _File:
+    """One followed file (by device and inode)."""
+
+    def __init__(self, app: str, path: str, dev: int, ino: int, fd: int) -> None:
+        self.app, self.path, self.dev, self.ino, self.fd = app, path, dev, ino, fd
+        self.offset = 0
+        self.fp = ""
+        self.fp_len = 0
+        self.skipping = False  # inside a too-long line: skip to its newline
+        self.partial = PartialState()
+        self.rotated = False  # no longer found by any glob: read to the end, then close
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.dev, self.ino)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "path": self.path,
+            "dev": self.dev,
+            "ino": self.ino,
+            "offset": self.offset,
+            "fp": self.fp,
+            "fp_len": self.fp_len,
+            "skipping": self.skipping,
+            "pending": self.partial.pending,
+        }
+
+
+class LogTailer:
+    """Follows the configured apps' files and feeds their lines to a ``LineParser``. Thread-safe reads."""
+
+    def __init__(self, cfg: LogsConfig) -> None:
+        self.cfg = cfg
+        self.parser = LineParser(cfg.apps, max_routes=cfg.max_routes)
+        self.quarantine = Quarantine(cfg.quarantine_file)
+        self.lock = threading.Lock()  # guards parser.stats against a concurrent scrape
+        self.files: dict[tuple[int, int], _File] = {}
+        self._saved_files: dict[tuple[int, int], dict[str, Any]] = {}
+        self._dirty = False
+        self._load_state()
+
+    @property
+    def stats(self) -> dict[str, AppStats]:
+        return self.parser.stats
+
+    # ---------------------------------------------------------------------------------- state
+    def _load_state(self) -> None:
+        path = self.cfg.state_file
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            # A corrupt state file must not stop the exporter; keep it for inspection and start over.
+            log.error("cannot read log positions %s (%s); starting from the beginning of every file", path, e)
+            try:
+                os.replace(path, path.with_name(path.name + ".corrupt"))
+            except OSError:
+                pass
+            return
+        if raw.get("version") != STATE_VERSION:
+            return
+        for app, d in raw.get("apps", {}).items():
+            if app in self.parser.stats:
+                self.parser.stats[app] = AppStats.from_state(d)
+        for f in raw.get("files", []):
+            if f.get("app") in self.parser.stats:
+                self._saved_files[(int(f["dev"]), int(f["ino"]))] = f
+
+    def save_state(self) -> None:
+        with self.lock:
+            files = [f.to_state() for f in self.files.values()]
+            # files not opened yet (e.g. vanished while we were down) are kept until found or given up
+            keys = set(self.files)
+            files += [f for k, f in self._saved_files.items() if k not in keys]
+            data = {
+                "version": STATE_VERSION,
+                "saved_at": time.time(),
+                "files": files,
+                "apps": {a: s.to_state() for a, s in self.parser.stats.items()},
+            }
+            self._dirty = False
+        path = self.cfg.state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, separators=(",", ":"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    # ---------------------------------------------------------------------------------- files
+    def _discover(self) -> dict[tuple[int, int], tuple[str, str]]:
+        found: dict[tuple[int, int], tuple[str, str]] = {}
+        for app, globs in self.cfg.apps.items():
+            for g in globs:
+                for p in sorted(glob.glob(g, recursive=True)):
+                    try:
+                        st = os.stat(p)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        found.setdefault((st.st_dev, st.st_ino), (app, p))  # first app wins
+        return found
+
+    def _open(self, app: str, path: str, key: tuple[int, int]) -> _File | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("cannot open log file %s of app %s: %s", path, app, e)
+            self.stats[app].file_errors += 1
+            return None
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != key:  # replaced between stat and open: next poll sees it
+            os.close(fd)
+            return None
+        f = _File(app, path, st.st_dev, st.st_ino, fd)
+        saved = self._saved_files.pop(key, None)
+        if saved is not None and saved.get("app") == app:
+            fp_len = int(saved.get("fp_len", 0))
+            head = os.pread(fd, fp_len, 0) if fp_len else b""
+            if (
+                len(head) == fp_len
+                and _fingerprint(head) == saved.get("fp", "")
+                and st.st_size >= int(saved["offset"])
+            ):
+                f.offset = int(saved["offset"])
+                f.fp, f.fp_len = saved["fp"], fp_len
+                f.skipping = bool(saved.get("skipping", False))
+                f.partial.pending = dict(saved.get("pending", {}))
+            else:  # same inode, other content: the file was replaced or truncated while we were down
+                self.stats[app].truncations += 1
+        return f
+
+    def _recover_renamed(self) -> None:
+        """Files known from the state but not found by the globs: look for them by inode (renamed)."""
+        for key, saved in list(self._saved_files.items()):
+            self._saved_files.pop(key)
+            d = os.path.dirname(saved["path"]) or "."
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.inode() == key[1] and e.is_file() and e.stat().st_dev == key[0]:
+                        self._saved_files[key] = saved
+                        f = self._open(saved["app"], e.path, key)
+                        if f is not None:
+                            f.rotated = True
+                            self.files[key] = f
+                        break
+                except OSError:
+                    continue
+
+    def _close(self, f: _File) -> None:
+        # Whatever never completed will not: an unterminated last line, an unfinished partial chain.
+        st = self.stats[f.app]
+        tail_len = 0
+        try:
+            tail_len = os.fstat(f.fd).st_size - f.offset
+        except OSError:
+            pass
+        if tail_len > 0 and not f.skipping:
+            tail = os.pread(f.fd, min(tail_len, 4096), f.offset)
+            self._reject(st, f, "partial_line", f.offset, tail)
+        for k, text in f.partial.pending.items():
+            if not k.endswith(":skip"):
+                self._reject(st, f, "partial_line", f.offset, text.encode()[:4096])
+        os.close(f.fd)
+        del self.files[f.key]
+
+    def close(self) -> None:
+        for f in list(self.files.values()):
+            os.close(f.fd)
+        self.files.clear()
+        self.quarantine.flush()
+
+    # ---------------------------------------------------------------------------------- reading
+    def poll(self) -> None:
+        first = not self.files and bool(self._saved_files)
+        found = self._discover()
+        for key, (app, path) in found.items():
+            f = self.files.get(key)
+            if f is None:
+                f = self._open(app, path, key)
+                if f is None:
+                    continue
+                self.files[key] = f
+            else:
+                if f.rotated:
+                    f.rotated = False
+                f.path = path
+        for key, f in self.files.items():
+            if key not in found and not f.rotated:
+                f.rotated = True
+                self.stats[f.app].rotations += 1
+                self._dirty = True
+        if first:
+            self._recover_renamed()
+        # Serve files in turn, a bounded pass each, until all are read to their end.
+        read_any: dict[tuple[int, int], int] = {}
+        while True:
+            progress = False
+            for f in list(self.files.values()):
+                n = self._read(f, PASS_BYTES)
+                read_any[f.key] = read_any.get(f.key, 0) + n
+                progress = progress or n >= PASS_BYTES
+            self.quarantine.flush()
+            if self._dirty:
+                self.save_state()
+            if not progress:
+                break
+        for f in list(self.files.values()):
+            if f.rotated and read_any.get(f.key, 0) == 0:
+                with self.lock:
+                    self._close(f)
+                self._dirty = True
+        self.quarantine.flush()
+        if self._dirty:
+            self.save_state()
+
+    def _check_truncated(self, f: _File) -> None:
+        try:
+            size = os.fstat(f.fd).st_size
+            head = os.pread(f.fd, f.fp_len, 0) if f.fp_len else b""
+        except OSError:
+            return
+        if size < f.offset or (f.fp_len and _fingerprint(head) != f.fp):
+            log.info("log file %s was truncated or replaced; reading it from the start", f.path)
+            with self.lock:
+                self.stats[f.app].truncations += 1
+                f.offset, f.fp, f.fp_len, f.skipping = 0, "", 0, False
+                f.partial.pending.clear()
+            self._dirty = True
+
+    def _read(self, f: _File, budget: int) -> int:
+        """Read and parse from f.offset up to ``budget`` bytes of complete lines; returns bytes consumed."""
+        if f.offset or f.fp_len:
+            self._check_truncated(f)
+        consumed = 0
+        st = self.stats[f.app]
+        while consumed < budget:
+            try:
+                data = os.pread(f.fd, CHUNK, f.offset)
+            except OSError as e:
+                log.warning("cannot read log file %s: %s", f.path, e)
+                st.file_errors += 1
+                break
+            if not data:
+                break
+            if f.skipping:  # the rest of a too-long line
+                i = data.find(b"\n")
+                n = len(data) if i < 0 else i + 1
+                with self.lock:
+                    f.offset += n
+                    st.bytes += n
+                    f.skipping = i < 0
+                consumed += n
+                self._dirty = True
+                continue
+            last_nl = data.rfind(b"\n")
+            if last_nl < 0:
+                if len(data) < CHUNK:
+                    break  # an incomplete last line: wait for the writer to finish it
+                with self.lock:  # no newline within MAX_LINE bytes: too long, skip to its end
+                    self._reject(st, f, "too_long", f.offset, data[:4096])
+                    f.offset += len(data)
+                    st.bytes += len(data)
+                    f.skipping = True
+                consumed += len(data)
+                self._dirty = True
+                continue
+            n = last_nl + 1
+            with self.lock:
+                self._parse(st, f, data[:last_nl], f.offset)
+                f.offset += n
+                st.bytes += n
+            consumed += n
+            self._dirty = True
+            if f.fp_len < FP_LEN and f.offset > f.fp_len:
+                head = os.pread(f.fd, min(FP_LEN, f.offset), 0)
+                f.fp, f.fp_len = _fingerprint(head), len(head)
+        return consumed
+
+    def _parse(self, st: AppStats, f: _File, block: bytes, offset: int) -> None:
+        feed = self.parser.feed
+        partial = f.partial
+        for line in block.split(b"\n"):
+            reason = feed(st, line, partial)
+            if reason is not None:
+                self._reject(st, f, reason, offset, line)
+            offset += len(line) + 1
+
+    def _reject(self, st: AppStats, f: _File, reason: str, offset: int, line: bytes) -> None:
+        st.rejected[reason] = st.rejected.get(reason, 0) + 1
+        if self.quarantine.offer(f.app, reason, f.path, offset, line):
+            st.quarantined[reason] = st.quarantined.get(reason, 0) + 1
+
+    def unread_bytes(self) -> dict[str, int]:
+        out = dict.fromkeys(self.stats, 0)
+        for f in list(self.files.values()):
+            try:
+                out[f.app] += max(0, os.fstat(f.fd).st_size - f.offset)
+            except OSError:
+                pass
+        return out
+
+
+# ---------------------------------------------------------------------------------------- collector
+@register("logs", help="Container log files: requests, errors, training and system events per app.")
+class LogsCollector:
+    """Container log files -> per-app metrics (tailed in the background, served from memory)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg.platform.logs
+        self.enabled = self.cfg.enabled and bool(self.cfg.apps)
+        self.tailer = LogTailer(self.cfg)
+
+    def poll(self) -> None:
+        if self.enabled:
+            self.tailer.poll()
+
+    def close(self) -> None:
+        self.tailer.close()
+
+    def collect(self) -> Iterator[Metric]:
+        if not self.enabled:
+            return
+        t = self.tailer
+        unread = t.unread_bytes()
+        with t.lock:
+            snap = {app: s.copy() for app, s in t.stats.items()}
+            nfiles = dict.fromkeys(snap, 0)
+            for f in t.files.values():
+                nfiles[f.app] += 1
+        yield from families(snap, nfiles, unread)
+
+
+def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str, int]) -> Iterator[Metric]:
+    """The metric families of a snapshot of every app's aggregates."""
+    req = CounterMetricFamily(
+        "fleetmon_http_requests",
+        "HTTP requests seen in access logs, by route template (ids replaced; over the cap: other).",
+        labels=["app", "method", "route", "status"],
+    )
+    last_err = GaugeMetricFamily(
+        "fleetmon_http_last_error_timestamp_seconds",
+        "Log time of the last 4xx/5xx response per route and status.",
+        labels=["app", "method", "route", "status"],
+    )
+    routes = GaugeMetricFamily(
+        "fleetmon_http_routes",
+        "Distinct route templates tracked (at logs.max_routes the rest count as other).",
+        labels=["app"],
+    )
+    errors = CounterMetricFamily(
+        "fleetmon_app_errors",
+        "ERROR/CRITICAL log lines by error type (error_code or exception class; capped, rest other).",
+        labels=["app", "error_type"],
+    )
+    training = CounterMetricFamily(
+        "fleetmon_training_events",
+        "Training event messages by kind (received, finished, failed).",
+        labels=["app", "kind"],
+    )
+    events = CounterMetricFamily(
+        "fleetmon_platform_events",
+        "Platform system events (Azure Container Apps system logs) by reason and event type.",
+        labels=["app", "reason", "event_type"],
+    )
+    replicas = GaugeMetricFamily(
+        "fleetmon_app_replicas", "Replica count last reported by the platform.", labels=["app"]
+    )
+    replicas_max = GaugeMetricFamily(
+        "fleetmon_app_replicas_max", "Highest replica count reported by the platform.", labels=["app"]
+    )
+    mem_ws = GaugeMetricFamily(
+        "fleetmon_app_memory_working_set_bytes",
+        "Memory working set summed over the app's live replicas (as reported by the platform).",
+        labels=["app"],
+    )
+    mem_limit = GaugeMetricFamily(
+        "fleetmon_app_memory_limit_bytes",
+        "Memory limit summed over the app's live replicas.",
+        labels=["app"],
+    )
+    mem_ratio = GaugeMetricFamily(
+        "fleetmon_app_memory_utilization_max_ratio",
+        "Highest working set / limit among the app's live replicas (1 = at its limit).",
+        labels=["app"],
+    )
+    lines = CounterMetricFamily(
+        "fleetmon_logs_lines", "Log lines parsed, by format.", labels=["app", "format"]
+    )
+    nbytes = CounterMetricFamily("fleetmon_logs_read_bytes", "Bytes of log files read.", labels=["app"])
+    rejected = CounterMetricFamily(
+        "fleetmon_logs_rejected_lines",
+        "Log lines that could not be used, by reason.",
+        labels=["app", "reason"],
+    )
+    quarantined = CounterMetricFamily(
+        "fleetmon_logs_quarantined_lines",
+        "Rejected lines sampled to the quarantine file (rate-limited).",
+        labels=["app", "reason"],
+    )
+    files = GaugeMetricFamily("fleetmon_logs_files", "Log files currently followed.", labels=["app"])
+    rotations = CounterMetricFamily(
+        "fleetmon_logs_rotations", "Followed files rotated away (renamed or deleted).", labels=["app"]
+    )
+    truncations = CounterMetricFamily(
+        "fleetmon_logs_truncations", "Followed files truncated or replaced in place.", labels=["app"]
+    )
+    file_errors = CounterMetricFamily(
+        "fleetmon_logs_file_errors", "Errors opening or reading log files.", labels=["app"]
+    )
+    lag = GaugeMetricFamily(
+        "fleetmon_logs_unread_bytes", "Bytes written to followed files but not read yet.", labels=["app"]
+    )
+    for app, s in snap.items():
+        for (m, r, code), v in s.requests.items():
+            req.add_metric([app, m, r, code], v)
+        for (m, r, code), v in s.last_error.items():
+            last_err.add_metric([app, m, r, code], v)
+        routes.add_metric([app], len(s.routes))
+        for et, v in s.errors.items():
+            errors.add_metric([app, et], v)
+        for kind in TRAINING_KINDS:
+            training.add_metric([app, kind], s.training.get(kind, 0))
+        for (reason, etype), v in s.events.items():
+            events.add_metric([app, reason, etype], v)
+        if s.replicas is not None:
+            replicas.add_metric([app], s.replicas)
+        if s.replicas_max is not None:
+            replicas_max.add_metric([app], s.replicas_max)
+        mem = s.fresh_memory()
+        if mem:
+            mem_ws.add_metric([app], sum(v[1] for v in mem))
+            limits = [v for v in mem if v[2] > 0]
+            if limits:
+                mem_limit.add_metric([app], sum(v[2] for v in limits))
+                mem_ratio.add_metric([app], max(v[1] / v[2] for v in limits))
+        for fmt, v in s.lines.items():
+            lines.add_metric([app, fmt], v)
+        nbytes.add_metric([app], s.bytes)
+        for reason in REJECT_REASONS:
+            rejected.add_metric([app, reason], s.rejected.get(reason, 0))
+            quarantined.add_metric([app, reason], s.quarantined.get(reason, 0))
+        files.add_metric([app], nfiles.get(app, 0))
+        rotations.add_metric([app], s.rotations)
+        truncations.add_metric([app], s.truncations)
+        file_errors.add_metric([app], s.file_errors)
+        lag.add_metric([app], unread.get(app, 0))
+    yield from (req, last_err, routes, errors, training, events, replicas, replicas_max)
+    yield from (mem_ws, mem_limit, mem_ratio, lines, nbytes, rejected, quarantined)
+    yield from (files, rotations, truncations, file_errors, lag)

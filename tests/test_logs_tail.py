@@ -1,0 +1,361 @@
+"""Following real log files: growth, rotation, truncation, restarts, bad lines and the quarantine file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from collectors.logformats import MAX_LINE
+from collectors.logs import LogsCollector, LogTailer
+from fleetmon.config import Config, LogsConfig, PlatformConfig
+
+ACCESS = '10.0.0.7 - - [22/Nov/2026:10:00:{s:02d} +0000] "GET /api/v1/buildings/c01-b{b:03d}/forecast HTTP/1.1" {status} 512 "-" "python-requests/2.32"'
+
+
+def docker_access(i: int, status: int = 200) -> str:
+    line = ACCESS.format(s=i % 60, b=i % 7, status=status)
+    return (
+        json.dumps({"log": line + "\n", "stream": "stdout", "time": "2026-11-22T10:00:00.000000000Z"}) + "\n"
+    )
+
+
+def cfg_for(tmp: Path, apps: dict[str, list[str]] | None = None, **kw: object) -> LogsConfig:
+    return LogsConfig(
+        apps=apps or {"gateway": [str(tmp / "logs" / "gateway" / "*.log")]},
+        state_file=tmp / "state" / "positions.json",
+        quarantine_file=tmp / "quarantine" / "logs.jsonl",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def requests_total(t: LogTailer, app: str = "gateway") -> int:
+    return sum(t.stats[app].requests.values())
+
+
+@pytest.fixture
+def logdir(tmp_path: Path) -> Path:
+    d = tmp_path / "logs" / "gateway"
+    d.mkdir(parents=True)
+    return d
+
+
+def append(path: Path, text: str | bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+
+
+def run(cfg: LogsConfig) -> LogTailer:
+    t = LogTailer(cfg)
+    t.poll()
+    return t
+
+
+def test_follows_growth_and_waits_for_an_unfinished_line(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, "".join(docker_access(i) for i in range(10)))
+    t = run(cfg_for(tmp_path))
+    try:
+        assert requests_total(t) == 10
+        half = docker_access(10)
+        append(f, half[:20])
+        t.poll()
+        assert requests_total(t) == 10  # the unfinished line waits ...
+        append(f, half[20:] + docker_access(11))
+        t.poll()
+        assert requests_total(t) == 12  # ... and is counted once complete
+        assert t.stats["gateway"].rejected["partial_line"] == 0
+        assert t.stats["gateway"].bytes == f.stat().st_size
+    finally:
+        t.close()
+
+
+def test_rotation_by_rename_reads_the_rest_of_the_old_file(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, "".join(docker_access(i) for i in range(5)))
+    t = run(cfg_for(tmp_path))
+    try:
+        # the writer still appends to the old file after the rename, then reopens
+        f.rename(logdir / "app.log.1")
+        append(logdir / "app.log.1", docker_access(5) + docker_access(6))
+        append(f, docker_access(7))
+        t.poll()
+        assert requests_total(t) == 8
+        assert t.stats["gateway"].rotations == 1
+        t.poll()  # nothing more in the rotated file: it is closed
+        assert len(t.files) == 1
+        append(f, docker_access(8))
+        t.poll()
+        assert requests_total(t) == 9
+    finally:
+        t.close()
+
+
+def test_rotation_then_delete_still_reads_to_the_end(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, docker_access(0))
+    t = run(cfg_for(tmp_path))
+    try:
+        append(f, docker_access(1) + docker_access(2))
+        f.unlink()  # e.g. docker's max-file removed it; we still hold it open
+        t.poll()
+        assert requests_total(t) == 3
+    finally:
+        t.close()
+
+
+def test_copytruncate_restarts_at_zero_and_counters_only_go_up(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, "".join(docker_access(i) for i in range(20)))
+    t = run(cfg_for(tmp_path))
+    try:
+        assert requests_total(t) == 20
+        shutil.copy(f, logdir / "app.log.1")  # copytruncate: copy (not matched by the glob) ...
+        with open(f, "r+b") as fh:
+            fh.truncate(0)  # ... then truncate in place
+        append(f, docker_access(0, status=500) + docker_access(1))
+        t.poll()
+        assert requests_total(t) == 22
+        assert t.stats["gateway"].truncations == 1
+        # truncated and refilled past the old position before we looked: the fingerprint notices
+        with open(f, "r+b") as fh:
+            fh.truncate(0)
+        append(f, "".join(docker_access(i, status=201) for i in range(40)))
+        t.poll()
+        assert requests_total(t) == 62
+        assert t.stats["gateway"].truncations == 2
+    finally:
+        t.close()
+
+
+def test_restart_neither_recounts_nor_skips(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    g = logdir / "other.log"
+    append(f, "".join(docker_access(i) for i in range(30)) + docker_access(30)[:15])
+    append(g, "".join(docker_access(i, status=503) for i in range(4)))
+    cfg = cfg_for(tmp_path)
+    t = run(cfg)
+    before = dict(t.stats["gateway"].requests)
+    t.close()
+    assert sum(before.values()) == 34
+    # while we are down: the unfinished line completes, more lines arrive, other.log is rotated away
+    append(f, docker_access(30)[15:] + docker_access(31))
+    append(g, docker_access(4, status=503))
+    g.rename(logdir / "other.log.1")
+    t2 = run(cfg)
+    try:
+        assert requests_total(t2) == 37
+        assert t2.stats["gateway"].last_error  # restored from the state file
+        assert sum(v for (m, r, s), v in t2.stats["gateway"].requests.items() if s == "503") == 5
+        t2.poll()
+        assert requests_total(t2) == 37
+    finally:
+        t2.close()
+
+
+def test_replaced_file_with_same_path_is_read_from_the_start_after_restart(
+    tmp_path: Path, logdir: Path
+) -> None:
+    f = logdir / "app.log"
+    append(f, "".join(docker_access(i) for i in range(10)))
+    cfg = cfg_for(tmp_path)
+    run(cfg).close()
+    f.unlink()
+    append(f, "".join(docker_access(i, status=404) for i in range(3)))
+    t = run(cfg)
+    try:
+        assert requests_total(t) == 13
+    finally:
+        t.close()
+
+
+def test_bad_lines_are_counted_and_sampled_to_quarantine_with_a_rate_limit(
+    tmp_path: Path, logdir: Path
+) -> None:
+    f = logdir / "app.log"
+    huge = b"z" * (MAX_LINE + 5000)
+    append(f, docker_access(0))
+    append(f, b"not a log line at all\n" * 300)
+    append(f, b"\x00\x01garbage\xff\n")
+    append(f, b'{"log": "broken\n')
+    append(f, huge + b"\n")
+    append(f, docker_access(1))
+    t = run(cfg_for(tmp_path))
+    try:
+        st = t.stats["gateway"]
+        assert requests_total(t) == 2  # lines after the huge one are read
+        assert st.rejected["unknown_format"] == 300
+        assert st.rejected["binary"] == 1
+        assert st.rejected["invalid_json"] == 1
+        assert st.rejected["too_long"] == 1
+        assert st.quarantined["unknown_format"] == 10  # the burst allowance, not 300
+        samples = [json.loads(x) for x in (tmp_path / "quarantine" / "logs.jsonl").read_text().splitlines()]
+        assert len(samples) == 13
+        by_reason = {s["reason"]: s for s in samples}
+        assert set(by_reason) == {"unknown_format", "binary", "invalid_json", "too_long"}
+        s = by_reason["too_long"]
+        assert s["app"] == "gateway" and s["file"] == str(f) and len(s["line"]) <= 1024
+        with open(f, "rb") as fh:
+            fh.seek(s["offset"])
+            assert fh.read(10) == b"z" * 10
+        with open(f, "rb") as fh:
+            fh.seek(by_reason["binary"]["offset"])
+            assert fh.read(3) == b"\x00\x01g"
+    finally:
+        t.close()
+
+
+def test_huge_line_being_written_is_skipped_in_bounded_memory(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, docker_access(0) + "x" * (3 * MAX_LINE))  # no newline yet
+    t = run(cfg_for(tmp_path))
+    try:
+        assert t.stats["gateway"].rejected["too_long"] == 1
+        append(f, "x" * 1000 + "\n" + docker_access(1))
+        t.poll()
+        assert requests_total(t) == 2
+        assert t.stats["gateway"].rejected["too_long"] == 1
+        assert t.stats["gateway"].bytes == f.stat().st_size
+    finally:
+        t.close()
+
+
+def test_unfinished_last_line_of_a_rotated_file_is_a_partial_line(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, docker_access(0) + docker_access(1)[:30])
+    t = run(cfg_for(tmp_path))
+    try:
+        f.rename(logdir / "app.log.old")
+        t.poll()
+        t.poll()
+        assert t.stats["gateway"].rejected["partial_line"] == 1
+        assert not t.files
+    finally:
+        t.close()
+
+
+def test_corrupt_state_file_is_set_aside(tmp_path: Path, logdir: Path) -> None:
+    append(logdir / "app.log", docker_access(0))
+    cfg = cfg_for(tmp_path)
+    cfg.state_file.parent.mkdir(parents=True)
+    cfg.state_file.write_text("{not json")
+    t = run(cfg)
+    try:
+        assert requests_total(t) == 1
+        assert cfg.state_file.with_name("positions.json.corrupt").exists()
+        assert json.loads(cfg.state_file.read_text())["version"] == 1
+    finally:
+        t.close()
+
+
+DEMO_SYSTEM = [
+    {"Reason": "ReplicaCount", "Type": "Normal", "Replicas": 2},
+    {
+        "Reason": "ReplicaUnhealthy",
+        "Type": "Warning",
+        "Log": "Readiness probe failed: HTTP probe failed with statuscode: 503",
+    },
+    {"Reason": "BackoffLimitExceeded", "Type": "Warning", "Log": "Back-off restarting failed container"},
+    {"Reason": "ReplicaCount", "Type": "Normal", "Replicas": 4},
+    {"Reason": "MemoryUsage", "Type": "Normal", "WorkingSetBytes": 805306368, "LimitBytes": 1073741824},
+]
+
+
+def test_exposition_shows_5xx_burst_and_unhealthy_replicas_and_passes_promtool(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    for d in ("gateway", "system", "training-processor"):
+        (logs / d).mkdir(parents=True)
+    append(logs / "gateway" / "c1.log", "".join(docker_access(i) for i in range(50)))
+    append(logs / "gateway" / "c1.log", "".join(docker_access(i, status=503) for i in range(25)))
+    for rec in DEMO_SYSTEM:
+        base = {
+            "TimeGenerated": "2026-11-22T10:05:00.000Z",
+            "ContainerAppName": "model-serving",
+            "RevisionName": "model-serving--r3",
+            "ReplicaName": "model-serving--r3-7f9d-abcde",
+            "Log": "",
+            "Count": 1,
+        }
+        append(logs / "system" / "containerapps.jsonl", json.dumps({**base, **rec}) + "\n")
+    append(
+        logs / "training-processor" / "0.log",
+        "2026-11-22T10:00:00.1Z stdout F 2026-11-22 10:00:00,100 INFO [p] Received message 7\n"
+        "2026-11-22T10:00:01.1Z stderr F 2026-11-22 10:00:01,100 ERROR [p] Failed to process message 7: "
+        "requests.exceptions.Timeout: read timed out\n",
+    )
+    apps = {
+        "gateway": [str(logs / "gateway" / "*.log")],
+        "model-serving": [str(logs / "model-serving" / "*.log")],
+        "training-processor": [str(logs / "training-processor" / "*.log")],
+        "system": [str(logs / "system" / "*.jsonl")],
+    }
+    cfg = Config(platform=PlatformConfig(logs=cfg_for(tmp_path, apps=apps)))
+    coll = LogsCollector(cfg)
+    try:
+        coll.poll()
+        reg = CollectorRegistry(auto_describe=False)
+        reg.register(coll)  # type: ignore[arg-type]
+        route = "/api/v1/buildings/{id}/forecast"
+        lb = {"app": "gateway", "method": "GET", "route": route}
+        assert reg.get_sample_value("fleetmon_http_requests_total", {**lb, "status": "503"}) == 25
+        assert reg.get_sample_value("fleetmon_http_requests_total", {**lb, "status": "200"}) == 50
+        assert (
+            reg.get_sample_value("fleetmon_http_last_error_timestamp_seconds", {**lb, "status": "503"})
+            > 1.7e9
+        )
+        ev = {"app": "model-serving", "event_type": "Warning"}
+        assert (
+            reg.get_sample_value("fleetmon_platform_events_total", {**ev, "reason": "ReplicaUnhealthy"}) == 1
+        )
+        assert (
+            reg.get_sample_value("fleetmon_platform_events_total", {**ev, "reason": "BackoffLimitExceeded"})
+            == 1
+        )
+        assert reg.get_sample_value("fleetmon_app_replicas", {"app": "model-serving"}) == 4
+        assert reg.get_sample_value("fleetmon_app_replicas_max", {"app": "model-serving"}) == 4
+        assert (
+            reg.get_sample_value("fleetmon_app_memory_utilization_max_ratio", {"app": "model-serving"})
+            == 0.75
+        )
+        tp = {"app": "training-processor"}
+        assert reg.get_sample_value("fleetmon_training_events_total", {**tp, "kind": "received"}) == 1
+        assert reg.get_sample_value("fleetmon_training_events_total", {**tp, "kind": "failed"}) == 1
+        assert (
+            reg.get_sample_value(
+                "fleetmon_app_errors_total", {**tp, "error_type": "requests.exceptions.Timeout"}
+            )
+            == 1
+        )
+        assert (
+            reg.get_sample_value("fleetmon_logs_lines_total", {"app": "system", "format": "azure_system"})
+            == 5
+        )
+        assert (
+            reg.get_sample_value("fleetmon_logs_rejected_lines_total", {"app": "gateway", "reason": "binary"})
+            == 0
+        )
+        assert reg.get_sample_value("fleetmon_logs_files", {"app": "gateway"}) == 1
+        assert reg.get_sample_value("fleetmon_logs_unread_bytes", {"app": "gateway"}) == 0
+        text = generate_latest(reg)
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.skip("promtool not installed")
+        r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+    finally:
+        coll.close()
+
+
+def test_disabled_or_empty_logs_config_exports_nothing(tmp_path: Path) -> None:
+    coll = LogsCollector(Config(platform=PlatformConfig(logs=cfg_for(tmp_path, enabled=False))))
+    try:
+        coll.poll()
+        assert list(coll.collect()) == []
+        assert not os.path.exists(tmp_path / "state")
+    finally:
+        coll.close()
