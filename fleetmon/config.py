@@ -156,6 +156,18 @@ class MlflowConfig(_Model):
     poll_interval_seconds: float = Field(default=30, gt=0)
     timeout_seconds: float = Field(default=10, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    # First retry waits this long, each further one twice as long (capped at 10 s).
+    retry_backoff_seconds: float = Field(default=0.5, ge=0)
+    # Incremental polls re-read runs that ended since the last poll minus this margin (client clocks that
+    # stamp run end times may be skewed); re-reading a run is idempotent.
+    incremental_margin_seconds: float = Field(default=300, ge=0)
+    # A full re-read every so often catches what MLflow gives no change marker for (deleted runs, runs
+    # imported with old timestamps, tags edited on finished runs, version tags). 0 = every poll is full.
+    full_resync_seconds: float = Field(default=3600, ge=0)
+    # Unmapped or malformed runs / registered models are recorded here once, with the reason.
+    quarantine_file: Path = Path("var/quarantine/mlflow.jsonl")
+    # Tag on a model version (or its training run) naming the model flavour (sklearn, lightgbm, ...).
+    flavor_tag: str = "flavor"
     # How runs and registered models map to the fleet: tag keys on runs / registered models ...
     tag_keys: dict[str, str] = Field(
         default_factory=lambda: {
@@ -186,6 +198,8 @@ class MlflowConfig(_Model):
                 raise ValueError(f"tag_keys must name a tag for {key!r}")
             if "{" + key + "}" not in self.registered_model_pattern:
                 raise ValueError(f"registered_model_pattern must contain {{{key}}}")
+        if "wall" in self.duration_metric_keys:
+            raise ValueError("duration_metric_keys: kind 'wall' is reserved for a run's wall time")
         return self
 
 
