@@ -274,6 +274,7 @@ class PlatformConfig(_Model):
     processes: list[ProcessMatch] = Field(default_factory=list)
     host: bool = True
     gpu: bool = True
+    gpu_poll_interval_seconds: float = Field(default=10, gt=0)
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9703))
 
 
