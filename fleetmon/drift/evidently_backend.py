@@ -45,7 +45,15 @@ from typing import Any
 import pandas as pd
 
 from fleetmon.drift._common import classify_error, summarize
-from fleetmon.drift.types import NOT_NUMERIC, SCORE_NAN, STATTEST_ERROR, ColumnDrift, DriftJob, DriftResult
+from fleetmon.drift.types import (
+    MISSING_COLUMN,
+    NOT_NUMERIC,
+    SCORE_NAN,
+    STATTEST_ERROR,
+    ColumnDrift,
+    DriftJob,
+    DriftResult,
+)
 
 # warnings.catch_warnings changes process-wide state: serialize the backend's runs.
 _LOCK = threading.Lock()
@@ -176,6 +184,8 @@ class EvidentlyBackend:
     def _whole_report(self, job: DriftJob) -> list[ColumnDrift] | None:
         """The preset over all columns at once; None when Evidently fails (then: column by column)."""
         cols = [*job.numerical, *job.categorical]
+        if any(c not in job.reference.columns or c not in job.current.columns for c in cols):
+            return None
         try:
             snapshot = self._snapshot(job, [_preset(job, cols)], job.numerical, job.categorical)
         except Exception:
@@ -187,6 +197,16 @@ class EvidentlyBackend:
         from evidently.metrics import ValueDrift
 
         o = job.overrides.get(column)
+        if column not in job.reference.columns or column not in job.current.columns:
+            return ColumnDrift(
+                column,
+                o.stattest if o and o.stattest else "",
+                o.threshold if o and o.threshold is not None else math.nan,
+                None,
+                None,
+                MISSING_COLUMN,
+                f"column {column!r} is missing from a window",
+            )
         num = [column] if column in job.numerical else []
         cat = [] if num else [column]
         metric = ValueDrift(
