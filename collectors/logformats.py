@@ -24,6 +24,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -88,6 +89,21 @@ EVENT_REASONS = frozenset(
         "JobFailed",
         "JobCompleted",
         "Evicted",
+        "Completed",
+        "Error",
+        "Failed",
+        "FailedMount",
+        "FailedCreate",
+        "AssigningReplicaFailed",
+        "ReplicaScheduled",
+        "Started",
+        "Created",
+        "Pulled",
+        "Pulling",
+        "BackOff",
+        "ContainerAppProvisioning",
+        "ContainerAppProvisioned",
+        "RevisionDeprovisioned",
     }
 )
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -101,6 +117,8 @@ MEMORY_STALE_SECONDS = 300.0
 ACCESS_RE = re.compile(
     r'(\S+) \S+ \S+ \[([^\]]+)\] "(?:([A-Za-z]+) (\S+)(?: [^"]*)?|[^"]*)" (\d{3}) (?:\d+|-)'
 )
+# Uvicorn's access lines (``INFO:     10.0.4.7:51234 - "GET /x HTTP/1.1" 200 OK``): no timestamp of their own.
+UVICORN_RE = re.compile(r'(?:INFO|WARNING|ERROR):\s+\S+:\d+ - "([A-Za-z]+) (\S+) [^"]*" (\d{3})')
 LEVEL_RE = re.compile(r"\b(?:ERROR|CRITICAL)\b")
 ERROR_CODE_RE = re.compile(r"\berror_code=([A-Za-z0-9_.:\-]{1,64})")
 # An exception class: a (dotted) CamelCase name ending like Python's exception classes, or any dotted
@@ -393,6 +411,11 @@ class LineParser:
             if m is not None:
                 self._request(st, m)
                 return
+        elif ' - "' in msg:
+            u = UVICORN_RE.match(msg)
+            if u is not None:
+                self._count_request(st, u.group(1), u.group(2), u.group(3), None)
+                return
         if "ERROR" in msg or "CRITICAL" in msg:
             lm = LEVEL_RE.search(msg, 0, 160)
             if lm is not None:
@@ -404,14 +427,18 @@ class LineParser:
                     break
 
     def _request(self, st: AppStats, m: re.Match[str]) -> None:
-        method, path, status = m.group(3), m.group(4), m.group(5)
-        if method is None:
+        self._count_request(st, m.group(3), m.group(4), m.group(5), m.group(2))
+
+    def _count_request(
+        self, st: AppStats, method: str | None, path: str | None, status: str, clf: str | None
+    ) -> None:
+        if method is None or path is None:
             method, route = "OTHER", OTHER
         else:
             method = method.upper()
             if method not in HTTP_METHODS:
                 method = "OTHER"
-            route = self._route_cache.get(path)  # type: ignore[arg-type]
+            route = self._route_cache.get(path)
             if route is None:
                 route = normalize_route(path)
                 if len(self._route_cache) >= 50_000:
@@ -425,7 +452,8 @@ class LineParser:
         key = (method, route, status)
         st.requests[key] = st.requests.get(key, 0) + 1
         if status[0] in "45":
-            ts = clf_time(m.group(2))
+            # the line's own time; lines without one (uvicorn) take the time they were read
+            ts = clf_time(clf) if clf is not None else time.time()
             if ts is not None and ts > st.last_error.get(key, 0.0):
                 st.last_error[key] = ts
 

@@ -263,3 +263,12 @@ def test_clf_time_with_offsets() -> None:
     assert clf_time("22/Nov/2026:10:00:00 +0000") == 1795341600.0
     assert clf_time("22/Nov/2026:11:00:00 +0100") == 1795341600.0
     assert clf_time("garbage") is None
+
+
+def test_uvicorn_access_lines_in_azure_console_records() -> None:
+    p = LineParser(APPS + ["mlflow"])
+    line = 'INFO:     10.0.4.7:51234 - "POST /api/2.0/mlflow/runs/search HTTP/1.1" 503 Service Unavailable'
+    assert feed(p, "mlflow", console("mlflow", line)) == [None]
+    key = ("POST", "/api/{num}/mlflow/runs/search", "503")
+    assert p.stats["mlflow"].requests == {key: 1}
+    assert key in p.stats["mlflow"].last_error
