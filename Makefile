@@ -7,13 +7,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install deps system-deps test lint help
+FLEETMON := $(PY) -m fleetmon.cli
+# Another config file: make up FLEETMON_CONFIG=path/to/fleetmon.yml (make passes it to the commands)
+
+.PHONY: install deps system-deps test test-unit test-e2e lint help up down status logs restart check-config
 
 help:
 	@echo "make up      start the stack on the demo fleet (installs what is missing)"
 	@echo "make down    stop every process the stack started"
-	@echo "make status  show what runs"
+	@echo "make status  show what runs (component, pid, port, health)"
+	@echo "make logs    the last lines of every component's log (var/log/)"
 	@echo "make test    run the whole test suite (unit and end-to-end)"
+	@echo "make test-unit / make test-e2e   only the fast tests / only the end-to-end tests"
 	@echo "make lint    ruff + mypy"
 
 # The virtualenv is rebuilt when pyproject.toml changes.
@@ -33,6 +38,31 @@ deps: install system-deps
 
 test: deps
 	$(PY) -m pytest -q
+
+test-unit: deps
+	$(PY) -m pytest -q -m "not e2e"
+
+test-e2e: deps
+	$(PY) -m pytest -q -m e2e
+
+# The native stack: every component in the background, pid files in var/run, logs in var/log.
+up: deps
+	$(FLEETMON) stack up
+
+down:
+	@test -x $(PY) || { echo "no $(PY): nothing was started by make up"; exit 0; }
+	$(FLEETMON) stack down
+
+status: install
+	$(FLEETMON) stack status
+
+logs: install
+	$(FLEETMON) stack logs
+
+restart: down up
+
+check-config: install
+	$(FLEETMON) check-config
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -294,8 +294,12 @@ class DemoConfig(_Model):
 
 
 class StackConfig(_Model):
+    # `fleetmon stack`: pid files in state_dir, logs in log_dir, each component's data under data_dir.
     state_dir: Path = Path("var/run")
+    log_dir: Path = Path("var/log")
     data_dir: Path = Path("var/data")
+    # Address the stack's own servers (Prometheus, Alertmanager, ...) listen on; 0.0.0.0 exposes them.
+    bind_host: str = "127.0.0.1"
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     pushgateway_port: int = 9091
@@ -378,6 +382,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.demo.output_dir = fix(cfg.demo.output_dir)
     cfg.stack.state_dir = fix(cfg.stack.state_dir)
     cfg.stack.data_dir = fix(cfg.stack.data_dir)
+    cfg.stack.log_dir = fix(cfg.stack.log_dir)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,0 +1,647 @@
+"""``fleetmon stack up|down|status|logs``: the whole monitoring stack as native background processes.
+
+``up`` starts, in dependency order, each component in its own process group (``fleetmon.procs.spawn``)
+and waits until it is healthy:
+
+  1. ``mlflow`` (tracking server), ``alertmanager``, ``pushgateway``, ``webhook`` (notification receiver),
+     ``prometheus``
+  2. ``simulator`` (the demo fleet), ``exporter-mlflow``, ``exporter-outputs``, ``exporter-platform``,
+     ``grafana`` (only when a ``grafana-server`` / ``grafana`` binary is on PATH)
+
+Every component has a pid file ``<stack.state_dir>/<name>.pid`` (plus ``<name>.json``: pid, start time,
+command line), a log ``<stack.log_dir>/<name>.log`` and its data under ``<stack.data_dir>/<name>``.
+A component counts as running only if its pid is alive, leads its own process group and has the start
+time recorded when we started it, so a recycled pid is never mistaken for ours and never signalled;
+such a pid file is stale and is removed. ``up`` twice starts nothing twice. ``down`` stops exactly the
+process groups named by the pid files and checks the ports are free.
+
+Ports come from the config (``stack:`` and each exporter's ``listen``). ``prometheus/prometheus.yml`` and
+``alertmanager/alertmanager.yml`` are used as they are when the ports are the defaults they name;
+otherwise a copy with the configured ports is written under ``<stack.data_dir>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+
+from fleetmon.config import Config, ConfigError, default_config_path, load_config
+from fleetmon.procs import MLFLOW_ENV, mlflow_server_argv, port_open, spawn, stop_group, wait_for_http
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMETHEUS_YML = ROOT / "prometheus" / "prometheus.yml"
+ALERTMANAGER_YML = ROOT / "alertmanager" / "alertmanager.yml"
+GRAFANA_PROVISIONING = ROOT / "grafana" / "provisioning"
+GRAFANA_DASHBOARDS = ROOT / "grafana" / "dashboards"
+
+# The default ports written in prometheus.yml / alertmanager.yml (and docker-compose.yml).
+DEFAULT_PORTS = {
+    "prometheus": 9090,
+    "alertmanager": 9093,
+    "pushgateway": 9091,
+    "fleetmon-mlflow": 9701,
+    "fleetmon-outputs": 9702,
+    "fleetmon-platform": 9703,
+    "fleetmon-webhook": 9704,
+}
+# A process without a health endpoint (the simulator) must stay alive this long to count as started.
+SETTLE_SECONDS = 3.0
+GRAFANA_HINT = (
+    "Grafana: no grafana-server or grafana binary on PATH, so it is not started (everything else runs).\n"
+    "  Get it with Docker: `docker compose up -d grafana` (host network: it reads this stack's Prometheus\n"
+    "  on 127.0.0.1 and the provisioning in grafana/), or install it from\n"
+    "  https://grafana.com/docs/grafana/latest/setup-grafana/installation/ and run `make up` again."
+)
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    tier: int
+    port: int | None = None
+    health_url: str | None = None
+    url: str | None = None  # what to show the user
+    env: dict[str, str] = field(default_factory=dict)
+    # Why it cannot run here (a binary or module missing); such a component is skipped with this note.
+    missing: str | None = None
+    optional: bool = False
+
+
+@dataclass
+class Paths:
+    run_dir: Path
+    log_dir: Path
+    data_dir: Path
+
+    @classmethod
+    def of(cls, cfg: Config, state_dir: Path | None = None) -> Paths:
+        if state_dir is not None:  # everything of the stack under one directory (tests, experiments)
+            return cls(state_dir / "run", state_dir / "log", state_dir / "data")
+        return cls(cfg.stack.state_dir, cfg.stack.log_dir, cfg.stack.data_dir)
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def meta_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.json"
+
+    def log_file(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+
+# ------------------------------------------------------------------------------------------ the plan
+def fleetmon_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleetmon.cli", *args]
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def render_prometheus_config(cfg: Config, data_dir: Path, source: Path = PROMETHEUS_YML) -> Path:
+    """``source`` if its targets already name the configured ports, else a copy that does."""
+    ports = {
+        "prometheus": cfg.stack.prometheus_port,
+        "alertmanager": cfg.stack.alertmanager_port,
+        "pushgateway": cfg.stack.pushgateway_port,
+        "fleetmon-mlflow": cfg.mlflow.listen.port,
+        "fleetmon-outputs": cfg.outputs.listen.port,
+        "fleetmon-platform": cfg.platform.listen.port,
+        "fleetmon-webhook": cfg.stack.webhook_port,
+    }
+    if ports == DEFAULT_PORTS:
+        return source
+    doc = yaml.safe_load(source.read_text())
+    # Relative rule globs are relative to the config file: keep them pointing at prometheus/rules.
+    doc["rule_files"] = [
+        g if os.path.isabs(g) else str(source.parent / g) for g in doc.get("rule_files") or []
+    ]
+    for sc in doc.get("scrape_configs") or []:
+        port = ports.get(sc["job_name"])
+        if port is not None:
+            sc["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+    for am in (doc.get("alerting") or {}).get("alertmanagers") or []:
+        am["static_configs"] = [{"targets": [f"127.0.0.1:{cfg.stack.alertmanager_port}"]}]
+    out = data_dir / "prometheus" / "prometheus.yml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"# Written by `fleetmon stack` from {source} with the ports of {cfg.source}.\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
+    return out
+
+
+def render_alertmanager_config(cfg: Config, data_dir: Path, source: Path = ALERTMANAGER_YML) -> Path:
+    """``source`` unless the webhook port differs from 9704: then a copy with the configured port."""
+    port = cfg.stack.webhook_port
+    if port == DEFAULT_PORTS["fleetmon-webhook"]:
+        return source
+    doc = yaml.safe_load(source.read_text())
+    default = re.compile(r"^(https?://(?:127\.0\.0\.1|localhost)):9704(/.*)?$")
+    for rcv in doc.get("receivers") or []:
+        for wh in rcv.get("webhook_configs") or []:
+            if isinstance(wh.get("url"), str):
+                wh["url"] = default.sub(lambda m: f"{m.group(1)}:{port}{m.group(2) or ''}", wh["url"])
+    doc["templates"] = [t if os.path.isabs(t) else str(source.parent / t) for t in doc.get("templates") or []]
+    out = data_dir / "alertmanager" / "alertmanager.yml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        f"# Written by `fleetmon stack` from {source} with the ports of {cfg.source}.\n"
+        + yaml.safe_dump(doc, sort_keys=False)
+    )
+    return out
+
+
+def find_grafana() -> tuple[list[str], Path] | None:
+    """(command, homepath) of a local Grafana, or None. ``grafana server`` (>= 10) or ``grafana-server``."""
+    for name, sub in (("grafana", ["server"]), ("grafana-server", [])):
+        exe = shutil.which(name)
+        if not exe:
+            continue
+        real = Path(exe).resolve()
+        candidates = [os.environ.get("GRAFANA_HOME", ""), real.parent.parent, "/usr/share/grafana"]
+        candidates += ["/usr/local/share/grafana", "/opt/homebrew/share/grafana"]
+        for home in candidates:
+            if home and (Path(home) / "conf" / "defaults.ini").is_file():
+                return [exe, *sub], Path(home)
+    return None
+
+
+def _module_missing(module: str) -> str | None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    return None if found else f"python module {module} is not installed"
+
+
+def _binary(name: str) -> tuple[str, str | None]:
+    exe = shutil.which(name)
+    if exe:
+        return exe, None
+    return name, f"{name} not found on PATH (run `make deps`, or see scripts/install-system-deps.sh)"
+
+
+def plan(cfg: Config, paths: Paths) -> list[Component]:
+    """Every component of the stack for this config, in start order."""
+    st, host = cfg.stack, cfg.stack.bind_host
+    probe = _probe_host(host)
+    conf = str(cfg.source or default_config_path())
+    data = paths.data_dir
+    out: list[Component] = []
+
+    mlflow_data = data / "mlflow"
+    out.append(
+        Component(
+            "mlflow",
+            mlflow_server_argv(host, st.mlflow_port, mlflow_data),
+            tier=1,
+            port=st.mlflow_port,
+            health_url=f"http://{probe}:{st.mlflow_port}/health",
+            url=f"http://{probe}:{st.mlflow_port}",
+            env=dict(MLFLOW_ENV),
+        )
+    )
+    am_exe, am_missing = _binary("prometheus-alertmanager")
+    if am_missing and shutil.which("alertmanager"):  # the upstream release's name
+        am_exe, am_missing = _binary("alertmanager")
+    out.append(
+        Component(
+            "alertmanager",
+            [
+                am_exe,
+                f"--config.file={render_alertmanager_config(cfg, data)}",
+                f"--storage.path={data / 'alertmanager'}",
+                f"--web.listen-address={host}:{st.alertmanager_port}",
+                f"--web.external-url=http://{probe}:{st.alertmanager_port}",
+                "--cluster.listen-address=",  # a single instance: no gossip port
+            ],
+            tier=1,
+            port=st.alertmanager_port,
+            health_url=f"http://{probe}:{st.alertmanager_port}/-/ready",
+            url=f"http://{probe}:{st.alertmanager_port}",
+            missing=am_missing,
+        )
+    )
+    pg_exe, pg_missing = _binary("prometheus-pushgateway")
+    if pg_missing and shutil.which("pushgateway"):
+        pg_exe, pg_missing = _binary("pushgateway")
+    (data / "pushgateway").mkdir(parents=True, exist_ok=True)
+    out.append(
+        Component(
+            "pushgateway",
+            [
+                pg_exe,
+                f"--web.listen-address={host}:{st.pushgateway_port}",
+                f"--persistence.file={data / 'pushgateway' / 'metrics.store'}",
+            ],
+            tier=1,
+            port=st.pushgateway_port,
+            health_url=f"http://{probe}:{st.pushgateway_port}/-/ready",
+            url=f"http://{probe}:{st.pushgateway_port}",
+            missing=pg_missing,
+        )
+    )
+    out.append(
+        Component(
+            "webhook",
+            fleetmon_argv(
+                "webhook",
+                "--config.file",
+                conf,
+                "--web.listen-address",
+                f"{host}:{st.webhook_port}",
+                "--data-dir",
+                str(data / "webhook"),
+            ),
+            tier=1,
+            port=st.webhook_port,
+            health_url=f"http://{probe}:{st.webhook_port}/-/healthy",
+            url=f"http://{probe}:{st.webhook_port}",
+        )
+    )
+    prom_exe, prom_missing = _binary("prometheus")
+    out.append(
+        Component(
+            "prometheus",
+            [
+                prom_exe,
+                f"--config.file={render_prometheus_config(cfg, data)}",
+                f"--storage.tsdb.path={data / 'prometheus'}",
+                f"--web.listen-address={host}:{st.prometheus_port}",
+                f"--web.external-url=http://{probe}:{st.prometheus_port}",
+                "--web.enable-lifecycle",  # POST /-/reload after editing rules
+            ],
+            tier=1,
+            port=st.prometheus_port,
+            health_url=f"http://{probe}:{st.prometheus_port}/-/ready",
+            url=f"http://{probe}:{st.prometheus_port}",
+            missing=prom_missing,
+        )
+    )
+    out.append(
+        Component(
+            "simulator",
+            fleetmon_argv("demo", "run", "--config.file", conf),
+            tier=2,
+            missing=_module_missing("simulator.cli"),
+        )
+    )
+    for name, listen in (
+        ("mlflow", cfg.mlflow.listen),
+        ("outputs", cfg.outputs.listen),
+        ("platform", cfg.platform.listen),
+    ):
+        p = _probe_host(listen.host)
+        out.append(
+            Component(
+                f"exporter-{name}",
+                fleetmon_argv("exporter", name, "--config.file", conf),
+                tier=2,
+                port=listen.port,
+                health_url=f"http://{p}:{listen.port}/-/healthy",
+                url=f"http://{p}:{listen.port}/metrics",
+                missing=_module_missing(f"exporters.{name}"),
+            )
+        )
+    out.append(grafana_component(cfg, paths))
+    return out
+
+
+def grafana_component(cfg: Config, paths: Paths) -> Component:
+    st = cfg.stack
+    probe = _probe_host(st.bind_host)
+    found = find_grafana()
+    gdata = paths.data_dir / "grafana"
+    env = {
+        "GF_PATHS_DATA": str(gdata),
+        "GF_PATHS_LOGS": str(paths.log_dir / "grafana"),
+        "GF_PATHS_PLUGINS": str(gdata / "plugins"),
+        "GF_PATHS_PROVISIONING": str(GRAFANA_PROVISIONING),
+        "GF_SERVER_HTTP_ADDR": st.bind_host,
+        "GF_SERVER_HTTP_PORT": str(st.grafana_port),
+        "GF_AUTH_ANONYMOUS_ENABLED": "true",
+        "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+        "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+        # Read by grafana/provisioning/*.yml (Grafana expands $VARS in provisioning files).
+        "FLEETMON_PROMETHEUS_URL": f"http://{probe}:{st.prometheus_port}",
+        "FLEETMON_ALERTMANAGER_URL": f"http://{probe}:{st.alertmanager_port}",
+        "FLEETMON_DASHBOARDS_DIR": str(GRAFANA_DASHBOARDS),
+    }
+    argv: list[str] = ["grafana-server"]
+    if found:
+        cmd, home = found
+        argv = [*cmd, f"--homepath={home}"]
+    return Component(
+        "grafana",
+        argv,
+        tier=2,
+        port=st.grafana_port,
+        health_url=f"http://{probe}:{st.grafana_port}/api/health",
+        url=f"http://{probe}:{st.grafana_port}",
+        env=env,
+        missing=None if found else "no grafana-server or grafana binary on PATH",
+        optional=True,
+    )
+
+
+# -------------------------------------------------------------------------------------- pid files
+def _read_meta(paths: Paths, name: str) -> dict[str, Any] | None:
+    try:
+        meta = json.loads(paths.meta_file(name).read_text())
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _read_pid(paths: Paths, name: str) -> int | None:
+    try:
+        return int(paths.pid_file(name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_ours(pid: int, meta: dict[str, Any] | None) -> bool:
+    """Alive, the leader of its own process group, and started when we recorded (no recycled pid)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or os.getpgid(pid) != pid:
+            return False
+        if meta is None or meta.get("pid") != pid:
+            return False
+        return abs(proc.create_time() - float(meta.get("create_time", -1))) < 1.0
+    except (psutil.Error, ProcessLookupError, PermissionError, TypeError, ValueError):
+        return False
+
+
+def running_pid(paths: Paths, name: str) -> int | None:
+    """The pid of our running ``name``, or None (a stale pid file is left for ``clear_stale``)."""
+    pid = _read_pid(paths, name)
+    if pid is None:
+        return None
+    return pid if is_ours(pid, _read_meta(paths, name)) else None
+
+
+def clear_stale(paths: Paths, name: str) -> bool:
+    """Remove the pid files of ``name`` if they do not name our live process; True if removed."""
+    if not paths.pid_file(name).exists() and not paths.meta_file(name).exists():
+        return False
+    if running_pid(paths, name) is not None:
+        return False
+    paths.pid_file(name).unlink(missing_ok=True)
+    paths.meta_file(name).unlink(missing_ok=True)
+    return True
+
+
+def _write_pid(paths: Paths, comp: Component, pid: int) -> None:
+    try:
+        create_time = psutil.Process(pid).create_time()
+    except psutil.Error:
+        create_time = time.time()
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "pid": pid,
+        "create_time": create_time,
+        "argv": comp.argv,
+        "port": comp.port,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = paths.meta_file(comp.name).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(paths.meta_file(comp.name))
+    paths.pid_file(comp.name).write_text(f"{pid}\n")
+
+
+# -------------------------------------------------------------------------------------------- health
+def healthy(comp: Component, timeout: float = 2.0) -> bool:
+    if comp.health_url is None:
+        return True
+    try:
+        wait_for_http(comp.health_url, timeout=timeout)
+        return True
+    except (TimeoutError, RuntimeError):
+        return False
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return "  (no log)"
+    return "\n".join("  | " + line for line in lines)
+
+
+# ---------------------------------------------------------------------------------------------- up
+def up(components: Sequence[Component], paths: Paths, timeout: float = 180.0) -> int:
+    """Start what is not running, tier by tier, waiting for health. Returns 0 when all required run."""
+    for d in (paths.run_dir, paths.log_dir, paths.data_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    failed: list[str] = []
+    for tier in sorted({c.tier for c in components}):
+        started: dict[str, Any] = {}
+        for comp in [c for c in components if c.tier == tier]:
+            if clear_stale(paths, comp.name):
+                print(f"{comp.name}: removed a stale pid file")
+            pid = running_pid(paths, comp.name)
+            if pid is not None:
+                print(f"{comp.name}: already running (pid {pid})")
+                continue
+            if comp.missing:
+                if comp.name == "grafana":
+                    print(GRAFANA_HINT)
+                else:
+                    print(f"{comp.name}: not started: {comp.missing}")
+                    if not comp.optional:
+                        failed.append(comp.name)
+                continue
+            if comp.port is not None and port_open(comp.port, _probe_host_of(comp)):
+                print(
+                    f"{comp.name}: port {comp.port} is already in use by a process this stack did not "
+                    "start; stop it or change the port in the config (stack: / listen:)"
+                )
+                failed.append(comp.name)
+                continue
+            proc = spawn(comp.argv, paths.log_file(comp.name), env=comp.env, cwd=ROOT)
+            _write_pid(paths, comp, proc.pid)
+            started[comp.name] = (proc, time.monotonic())
+            print(f"{comp.name}: started (pid {proc.pid}), log {paths.log_file(comp.name)}")
+        for comp in [c for c in components if c.tier == tier and c.name not in failed]:
+            if comp.missing and running_pid(paths, comp.name) is None:
+                continue
+            proc, t0 = started.get(comp.name, (None, time.monotonic()))
+            try:
+                if comp.health_url is not None:
+                    wait_for_http(comp.health_url, timeout=timeout, proc=proc)
+                elif proc is not None:
+                    time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - t0)))
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"exited with {proc.returncode}")
+            except (TimeoutError, RuntimeError) as e:
+                print(f"{comp.name}: not healthy: {e}\n{_tail(paths.log_file(comp.name))}")
+                failed.append(comp.name)
+                if proc is not None and proc.poll() is not None:
+                    clear_stale(paths, comp.name)
+                continue
+        if failed:
+            break
+    if failed:
+        print(
+            f"\nfleetmon stack: not healthy: {', '.join(failed)}. Logs in {paths.log_dir}; `make down` stops the rest."
+        )
+        return 1
+    print("\nfleetmon stack is up:")
+    for comp in components:
+        if comp.url and running_pid(paths, comp.name) is not None:
+            print(f"  {comp.name:<18} {comp.url}")
+    print(f"  logs in {paths.log_dir}, pid files in {paths.run_dir}; `make status`, `make down`")
+    return 0
+
+
+def _probe_host_of(comp: Component) -> str:
+    m = re.match(r"https?://([^:/]+)", comp.health_url or "")
+    return m.group(1) if m else "127.0.0.1"
+
+
+# -------------------------------------------------------------------------------------------- down
+def down(
+    components: Sequence[Component], paths: Paths, port_timeout: float = 15.0, everything: bool = True
+) -> int:
+    """Stop the process groups named by our pid files (last tier first); check their ports are free.
+
+    With ``everything``, pid files of components no longer in the plan (e.g. a Grafana since removed from
+    PATH) are honoured too.
+    """
+    known = {c.name: c for c in components}
+    names = [c.name for c in sorted(components, key=lambda c: -c.tier)]
+    if everything and paths.run_dir.is_dir():
+        names += sorted(p.stem for p in paths.run_dir.glob("*.pid") if p.stem not in known)
+    ports: list[tuple[str, int, str]] = []
+    for name in names:
+        pid = running_pid(paths, name)
+        if pid is None:
+            if clear_stale(paths, name):
+                print(f"{name}: not running (removed a stale pid file)")
+            continue
+        stop_group(pid, timeout=15)
+        paths.pid_file(name).unlink(missing_ok=True)
+        paths.meta_file(name).unlink(missing_ok=True)
+        print(f"{name}: stopped (pid {pid})")
+        comp = known.get(name)
+        if comp is not None and comp.port is not None:
+            ports.append((name, comp.port, _probe_host_of(comp)))
+    busy = []
+    for name, port, host in ports:
+        deadline = time.monotonic() + port_timeout
+        while port_open(port, host) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if port_open(port, host):
+            busy.append(f"{port} ({name})")
+    if busy:
+        print(f"fleetmon stack: ports still in use after stopping: {', '.join(busy)}")
+        return 1
+    print("fleetmon stack is down.")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ status
+def status_rows(components: Sequence[Component], paths: Paths) -> list[dict[str, Any]]:
+    rows = []
+    for comp in components:
+        pid = running_pid(paths, comp.name)
+        if pid is not None:
+            state, health = "running", ("ok" if healthy(comp) else "unhealthy")
+        elif paths.pid_file(comp.name).exists():
+            state, health = "stale pid file", "-"
+        elif comp.missing:
+            state, health = "not available", "-"
+        else:
+            state, health = "stopped", "-"
+        rows.append(
+            {
+                "name": comp.name,
+                "state": state,
+                "pid": pid,
+                "port": comp.port,
+                "health": health,
+                "url": comp.url,
+                "note": comp.missing or "",
+            }
+        )
+    return rows
+
+
+def status(components: Sequence[Component], paths: Paths, as_json: bool = False) -> int:
+    rows = status_rows(components, paths)
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(f"{'component':<18} {'state':<15} {'pid':>7} {'port':>5}  {'health':<9} url")
+        for r in rows:
+            print(
+                f"{r['name']:<18} {r['state']:<15} {r['pid'] or '-':>7} {r['port'] or '-':>5}  "
+                f"{r['health']:<9} {r['url'] or ''}{'  (' + r['note'] + ')' if r['state'] != 'running' and r['note'] else ''}"
+            )
+    required = [r for r, c in zip(rows, components, strict=True) if not c.optional and not c.missing]
+    ok = all(r["state"] == "running" and r["health"] == "ok" for r in required)
+    return 0 if ok else 1
+
+
+def logs(components: Sequence[Component], paths: Paths, lines: int) -> int:
+    for comp in components:
+        path = paths.log_file(comp.name)
+        if path.exists():
+            print(f"==> {path} <==\n{_tail(path, lines)}\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fleetmon stack", description="the native fleetmon stack")
+    p.add_argument("action", choices=["up", "down", "status", "logs"])
+    p.add_argument("--config.file", dest="config_file", default=str(default_config_path()))
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="keep pid files, logs and data under DIR/run, DIR/log, DIR/data (default: the config's stack:)",
+    )
+    p.add_argument("--only", help="comma-separated components to act on (default: all)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for each to be healthy")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("-n", "--lines", type=int, default=20, help="log lines per component (logs)")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config_file)
+    except ConfigError as e:
+        print(f"fleetmon: refusing to start: {e}", file=sys.stderr)
+        return 2
+    paths = Paths.of(cfg, args.state_dir.resolve() if args.state_dir else None)
+    components = plan(cfg, paths)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - {c.name for c in components})
+        if unknown:
+            print(f"fleetmon stack: unknown component(s) {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        components = [c for c in components if c.name in wanted]
+    if args.action == "up":
+        return up(components, paths, args.timeout)
+    if args.action == "down":
+        return down(components, paths, everything=not args.only)
+    if args.action == "status":
+        return status(components, paths, args.json)
+    return logs(components, paths, args.lines)

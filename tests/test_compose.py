@@ -1,0 +1,178 @@
+"""docker-compose.yml, Dockerfile and Grafana provisioning agree with the config and the native stack.
+
+There is no Docker engine here, so the compose file is checked for structure: the services, every
+mounted host path exists, the ports and Prometheus' scrape targets agree with config/fleetmon.yml, and
+every fleetmon command it runs exists.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from exporters.cli import EXPORTERS
+from fleetmon.cli import COMMANDS
+from fleetmon.config import Config, load_config
+from fleetmon.stack import DEFAULT_PORTS
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICES = {
+    "mlflow",
+    "simulator",
+    "exporter-mlflow",
+    "exporter-outputs",
+    "exporter-platform",
+    "webhook",
+    "prometheus",
+    "alertmanager",
+    "pushgateway",
+    "grafana",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def cfg() -> Config:
+    return load_config(ROOT / "config" / "fleetmon.yml", environ={})
+
+
+def flag(argv: list[str], name: str) -> str:
+    """The value of ``--name=value`` or ``--name value`` in a command list."""
+    for i, a in enumerate(argv):
+        if a.startswith(f"{name}="):
+            return a.split("=", 1)[1]
+        if a == name:
+            return argv[i + 1]
+    raise AssertionError(f"{name} not in {argv}")
+
+
+def port_of(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def test_services_and_host_network(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == SERVICES
+    for name, svc in services.items():
+        # One set of addresses (127.0.0.1:<port>) for Docker and native: every service on the host network.
+        assert svc.get("network_mode") == "host", name
+        assert "ports" not in svc, f"{name}: ports are ignored on the host network"
+        image = svc["image"]
+        if "build" in svc:
+            assert (ROOT / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+        else:
+            assert re.search(r":v?\d+\.\d+\.\d+$", image), f"{name}: pin the image version ({image})"
+    assert services["grafana"]["image"] == "grafana/grafana:11.6.0"
+
+
+def test_every_mounted_host_path_exists(compose: dict[str, Any]) -> None:
+    named = set(compose.get("volumes") or {})
+    for name, svc in compose["services"].items():
+        for vol in svc.get("volumes", []):
+            src = vol.split(":")[0]
+            if src.startswith((".", "/")):
+                assert (ROOT / src).exists(), f"{name}: mounted host path {src} does not exist"
+            else:
+                assert src in named, f"{name}: volume {src} is not declared"
+
+
+def test_fleetmon_services_run_real_commands_on_the_mounted_config(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("simulator", "exporter-mlflow", "exporter-outputs", "exporter-platform", "webhook"):
+        svc = services[name]
+        cmd = svc["command"]
+        assert cmd[0] in COMMANDS, f"{name}: `fleetmon {cmd[0]}` does not exist"
+        assert "./config:/app/config:ro" in svc["volumes"]
+        conf = flag(cmd, "--config.file")
+        assert conf.startswith("/app/config/") and (ROOT / "config" / Path(conf).name).is_file()
+        if cmd[0] == "exporter":
+            assert cmd[1] in EXPORTERS
+    assert {services[f"exporter-{n}"]["command"][1] for n in EXPORTERS} == set(EXPORTERS)
+    # The simulator and the exporters share the demo outputs and logs through one volume at /app/var,
+    # where the config's ../var/... paths point from /app/config.
+    for name in ("simulator", "exporter-outputs", "exporter-platform"):
+        assert "fleetmon-var:/app/var" in services[name]["volumes"]
+
+
+def test_ports_agree_with_the_config(compose: dict[str, Any], cfg: Config) -> None:
+    s = compose["services"]
+    st = cfg.stack
+    assert port_of(flag(s["prometheus"]["command"], "--web.listen-address")) == st.prometheus_port
+    assert port_of(flag(s["alertmanager"]["command"], "--web.listen-address")) == st.alertmanager_port
+    assert port_of(flag(s["pushgateway"]["command"], "--web.listen-address")) == st.pushgateway_port
+    assert int(flag(s["mlflow"]["command"], "--port")) == st.mlflow_port
+    assert urlsplit(cfg.mlflow.tracking_uri).port == st.mlflow_port
+    assert port_of(flag(s["webhook"]["command"], "--web.listen-address")) == st.webhook_port
+    assert int(s["grafana"]["environment"]["GF_SERVER_HTTP_PORT"]) == st.grafana_port
+    assert urlsplit(s["grafana"]["environment"]["FLEETMON_PROMETHEUS_URL"]).port == st.prometheus_port
+    assert urlsplit(s["grafana"]["environment"]["FLEETMON_ALERTMANAGER_URL"]).port == st.alertmanager_port
+    # Prometheus and Alertmanager read the repository's files, mounted whole (rules, templates).
+    assert "./prometheus:/etc/prometheus:ro" in s["prometheus"]["volumes"]
+    assert flag(s["prometheus"]["command"], "--config.file") == "/etc/prometheus/prometheus.yml"
+    assert "./alertmanager:/etc/alertmanager:ro" in s["alertmanager"]["volumes"]
+    assert flag(s["alertmanager"]["command"], "--config.file") == "/etc/alertmanager/alertmanager.yml"
+    assert "--cluster.listen-address=" in s["alertmanager"]["command"]
+
+
+def test_prometheus_scrapes_what_the_config_serves(cfg: Config) -> None:
+    prom = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    targets = {sc["job_name"]: sc["static_configs"][0]["targets"] for sc in prom["scrape_configs"]}
+    expected = {
+        "prometheus": cfg.stack.prometheus_port,
+        "alertmanager": cfg.stack.alertmanager_port,
+        "pushgateway": cfg.stack.pushgateway_port,
+        "fleetmon-mlflow": cfg.mlflow.listen.port,
+        "fleetmon-outputs": cfg.outputs.listen.port,
+        "fleetmon-platform": cfg.platform.listen.port,
+        "fleetmon-webhook": cfg.stack.webhook_port,
+    }
+    assert expected == DEFAULT_PORTS  # the shipped config keeps the documented ports
+    assert targets == {job: [f"127.0.0.1:{port}"] for job, port in expected.items()}
+    by_job = {sc["job_name"]: sc for sc in prom["scrape_configs"]}
+    assert by_job["pushgateway"]["honor_labels"] is True
+    for job in ("fleetmon-mlflow", "fleetmon-outputs", "fleetmon-platform", "fleetmon-webhook"):
+        for limit in ("sample_limit", "label_limit", "label_value_length_limit"):
+            assert by_job[job][limit] > 0, (job, limit)
+    assert prom["rule_files"] == ["rules/*.yml"]
+    am_targets = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert am_targets == [f"127.0.0.1:{cfg.stack.alertmanager_port}"]
+    am = yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text())
+    urls = [w["url"] for r in am["receivers"] for w in r.get("webhook_configs", [])]
+    assert f"http://127.0.0.1:{cfg.stack.webhook_port}/alerts" in urls
+    assert set(am["route"]["group_by"]) >= {"customer", "building", "alertname"}
+
+
+def test_grafana_provisioning(compose: dict[str, Any]) -> None:
+    prov = ROOT / "grafana" / "provisioning"
+    ds = yaml.safe_load((prov / "datasources" / "fleetmon.yml").read_text())["datasources"]
+    prom = next(d for d in ds if d["type"] == "prometheus")
+    assert prom["uid"] == "prometheus" and prom["isDefault"] is True
+    assert prom["url"] == "${FLEETMON_PROMETHEUS_URL}"
+    providers = yaml.safe_load((prov / "dashboards" / "fleetmon.yml").read_text())["providers"]
+    assert [p["allowUiUpdates"] for p in providers] == [False]
+    assert providers[0]["options"]["path"] == "${FLEETMON_DASHBOARDS_DIR}"
+    g = compose["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in g["volumes"])
+    assert mounts["./grafana/provisioning"] == "/etc/grafana/provisioning"
+    assert mounts["./grafana/dashboards"] == g["environment"]["FLEETMON_DASHBOARDS_DIR"]
+
+
+def test_dockerfile_installs_the_project() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert "pip install" in text and 'ENTRYPOINT ["fleetmon"]' in text
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    packages = re.search(r"packages = \[(.*?)\]", pyproject).group(1)  # type: ignore[union-attr]
+    for pkg in re.findall(r'"(\w+)"', packages):
+        assert f"COPY {pkg} ./{pkg}" in text, f"the image misses package {pkg}"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and "var" in ignored and ".git" in ignored
