@@ -330,6 +330,7 @@ class LineParser:
         self.max_error_types = max_error_types
         self._decode = msgspec.json.Decoder(_Rec, strict=False).decode
         self._route_cache: dict[str, str] = {}
+        self._clf_cache: dict[str, float | None] = {}
 
     # The hot path: keep it flat.
     def feed(self, st: AppStats, line: bytes, ps: PartialState) -> str | None:
@@ -344,6 +345,11 @@ class LineParser:
                 return "binary" if _looks_binary(line) else "invalid_json"
             msg = rec.log
             if msg is not None:
+                if not ps.pending and msg[-1:] == "\n" and msg[-2:-1] != "\r":  # the common case, inlined
+                    lines = st.lines
+                    lines["docker"] = lines.get("docker", 0) + 1
+                    self._classify(st, msg[:-1])
+                    return None
                 return self._wrapped(st, ps, "docker", "docker:" + (rec.stream or "stdout"), msg, None)
             if rec.Reason is not None or rec.Type is not None:
                 return self._system(st, rec)
@@ -427,7 +433,8 @@ class LineParser:
                     break
 
     def _request(self, st: AppStats, m: re.Match[str]) -> None:
-        self._count_request(st, m.group(3), m.group(4), m.group(5), m.group(2))
+        _, clf, method, path, status = m.groups()
+        self._count_request(st, method, path, status, clf)
 
     def _count_request(
         self, st: AppStats, method: str | None, path: str | None, status: str, clf: str | None
@@ -453,7 +460,16 @@ class LineParser:
         st.requests[key] = st.requests.get(key, 0) + 1
         if status[0] in "45":
             # the line's own time; lines without one (uvicorn) take the time they were read
-            ts = clf_time(clf) if clf is not None else time.time()
+            if clf is None:
+                ts: float | None = time.time()
+            else:
+                cache = self._clf_cache  # lines close in time share their second
+                if clf in cache:
+                    ts = cache[clf]
+                else:
+                    if len(cache) >= 4096:
+                        cache.clear()
+                    ts = cache[clf] = clf_time(clf)
             if ts is not None and ts > st.last_error.get(key, 0.0):
                 st.last_error[key] = ts
 
