@@ -1,0 +1,475 @@
+"""Model outputs: per-model quality, freshness, volume, data quality and drift (issue 4).
+
+Two collectors share one pipeline (``fleetmon.outputs``) per config:
+
+- ``outputs``: every ``outputs.poll_interval_seconds`` reads new prediction/actual files and SQL rows,
+  validates and keeps them, then computes quality over the configured windows. Its metric families are
+  built once per poll and served from that cache.
+- ``drift``: every ``outputs.drift.interval_seconds`` builds one ``DriftJob`` per model from the same
+  window and runs the configured drift backend (``outputs.drift.engine``: ``fleet`` or ``evidently``);
+  the results are served from cache until the next successful run.
+
+Label values only ever come from the configured fleet (see ``fleetmon.outputs.records``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from fleetmon.config import Config
+from fleetmon.exporter import FLEET_LABELS, register
+from fleetmon.outputs.drift_jobs import JobSet, ReferenceFiles, build_jobs
+from fleetmon.outputs.pipeline import OutputsPipeline
+from fleetmon.outputs.quality import Quality
+
+log = logging.getLogger(__name__)
+
+FLEET = list(FLEET_LABELS)
+# Consumption is recorded in kWh (docs/formats.md); Prometheus wants base units, so energy is exported in
+# joules (1 kWh = 3.6e6 J; Grafana's "kWh" unit on a query divided by 3.6e6 shows kWh again).
+J_PER_KWH = 3.6e6
+BE = ["customer", "building", "energy"]
+
+# One pipeline per config object: the two collectors built from the same config share it.
+_PIPELINES: dict[int, tuple[Config, OutputsPipeline]] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def pipeline_for(cfg: Config) -> OutputsPipeline:
+    with _PIPELINES_LOCK:
+        hit = _PIPELINES.get(id(cfg))
+        if hit is None or hit[0] is not cfg:
+            hit = _PIPELINES[id(cfg)] = (cfg, OutputsPipeline(cfg))
+        return hit[1]
+
+
+def _release(pipeline: OutputsPipeline) -> None:
+    with _PIPELINES_LOCK:
+        for k, (_, p) in list(_PIPELINES.items()):
+            if p is pipeline:
+                del _PIPELINES[k]
+    pipeline.close()
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+# ------------------------------------------------------------------------------------------ families
+def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
+    fleet = p.fleet
+    labels = fleet.model_labels
+    out: list[Metric] = []
+
+    def per_model(
+        name: str, doc: str, values: np.ndarray, mask: np.ndarray | None = None
+    ) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(name, doc, labels=FLEET)
+        ok = ~np.isnan(values) if mask is None else mask & ~np.isnan(values)
+        for i in np.flatnonzero(ok):
+            g.add_metric(labels[i], float(values[i]))
+        return g
+
+    # ----- windows
+    fams: dict[str, GaugeMetricFamily] = {}
+
+    def fam(name: str, doc: str, extra: list[str]) -> GaugeMetricFamily:
+        if name not in fams:
+            fams[name] = GaugeMetricFamily(name, doc, labels=FLEET + extra)
+        return fams[name]
+
+    fc, an = fleet.is_forecaster, fleet.is_anomaly
+    for window, w in q.windows.items():
+        series: list[tuple[str, str, np.ndarray, np.ndarray]] = [
+            (
+                "fleetmon_model_matured_predictions",
+                "Predictions whose target time has passed, within the window (target_time in (now-window, now]).",
+                w.matured,
+                np.ones(len(labels), dtype=bool),
+            ),
+            (
+                "fleetmon_model_matured_predictions_with_actual",
+                "Matured predictions in the window whose actual is known (joined on building, energy, target_time).",
+                w.with_actual,
+                np.ones(len(labels), dtype=bool),
+            ),
+            (
+                "fleetmon_model_actual_coverage_ratio",
+                "Share of the window's matured predictions that have an actual (0..1).",
+                np.where(w.matured > 0, w.with_actual / np.maximum(w.matured, 1), np.nan),
+                np.ones(len(labels), dtype=bool),
+            ),
+            (
+                "fleetmon_model_mae_joules",
+                "Forecaster mean absolute error over the window's matured predictions with an actual (joules).",
+                w.mae * J_PER_KWH,
+                fc,
+            ),
+            (
+                "fleetmon_model_rmse_joules",
+                "Forecaster root mean squared error over the window's matured predictions with an actual (joules).",
+                w.rmse * J_PER_KWH,
+                fc,
+            ),
+            (
+                "fleetmon_model_bias_joules",
+                "Forecaster mean error, prediction minus actual, over the window (joules; positive = over-forecast).",
+                w.bias * J_PER_KWH,
+                fc,
+            ),
+            (
+                "fleetmon_model_mape_ratio",
+                "Forecaster mean absolute percentage error as a ratio (0.1 = 10%); rows whose actual is 0 are "
+                "skipped (see fleetmon_model_mape_skipped_zero_actuals).",
+                w.mape,
+                fc,
+            ),
+            (
+                "fleetmon_model_mape_skipped_zero_actuals",
+                "Forecaster rows in the window left out of MAPE because their actual is 0.",
+                w.mape_zero_actuals,
+                fc,
+            ),
+            (
+                "fleetmon_model_scored_predictions",
+                "Anomaly detector rows with a score in the window.",
+                w.scored,
+                an,
+            ),
+            (
+                "fleetmon_model_anomaly_ratio",
+                "Anomaly detector share of the window's rows flagged as anomalous (0..1).",
+                w.anomaly_ratio,
+                an,
+            ),
+        ]
+        for name, doc, values, mask in series:
+            g = fam(name, doc + " Cached; recomputed every outputs poll.", ["window"])
+            for i in np.flatnonzero(mask & ~np.isnan(values)):
+                g.add_metric([*labels[i], window], float(values[i]))
+        g = fam(
+            "fleetmon_model_anomaly_score_quantile",
+            "Anomaly detector score quantile over the window (numpy linear interpolation). Cached.",
+            ["window", "quantile"],
+        )
+        for qv, values in w.score_quantiles.items():
+            for i in np.flatnonzero(an & ~np.isnan(values)):
+                g.add_metric([*labels[i], window, _fmt(qv)], float(values[i]))
+        g = fam(
+            "fleetmon_model_feature_missing_ratio",
+            "Share of the window's matured predictions whose feature value is missing (null/NaN). Cached.",
+            ["window", "feature"],
+        )
+        for feature, values in w.missing_ratio.items():
+            for i in np.flatnonzero(~np.isnan(values)):
+                g.add_metric([*labels[i], window, feature], float(values[i]))
+    out.extend(fams.values())
+
+    # ----- latest values and freshness
+    out.append(
+        per_model(
+            "fleetmon_model_last_prediction_timestamp_seconds",
+            "Unix time (made_at) of the model's newest accepted prediction; time() minus this is its age.",
+            p.store.last_made_at,
+        )
+    )
+    out.append(
+        per_model(
+            "fleetmon_model_latest_prediction_joules",
+            "Forecaster prediction for the newest target time it predicted (joules).",
+            q.latest_prediction * J_PER_KWH,
+            fc,
+        )
+    )
+    out.append(
+        per_model(
+            "fleetmon_model_latest_prediction_target_timestamp_seconds",
+            "Newest target time the model has a prediction for (Unix time).",
+            q.latest_target,
+        )
+    )
+    out.append(
+        per_model(
+            "fleetmon_model_latest_anomaly_score",
+            "Anomaly detector score for the newest target time it scored (0..1).",
+            q.latest_score,
+            an,
+        )
+    )
+    out.append(
+        per_model(
+            "fleetmon_model_latest_actual_joules",
+            "Newest known actual consumption of the model's building and energy type (joules).",
+            q.latest_actual * J_PER_KWH,
+        )
+    )
+    out.append(
+        per_model(
+            "fleetmon_model_latest_actual_target_timestamp_seconds",
+            "Target time of the newest known actual of the model's building and energy type (Unix time).",
+            q.latest_actual_target,
+        )
+    )
+    out.append(
+        per_model(
+            "fleetmon_model_latest_matched_prediction_joules",
+            "Forecaster prediction for the target time of the newest actual (newest made_at), so it can be "
+            "drawn against fleetmon_model_latest_actual_joules (joules).",
+            q.latest_matched_prediction * J_PER_KWH,
+            fc,
+        )
+    )
+    c = CounterMetricFamily(
+        "fleetmon_model_predictions",
+        "Prediction records accepted for the model (not re-counted after a restart).",
+        labels=FLEET,
+    )
+    for i, v in enumerate(p.store.predictions_total):
+        c.add_metric(labels[i], float(v))
+    out.append(c)
+    c = CounterMetricFamily(
+        "fleetmon_building_actuals",
+        "Actual records accepted for the building and energy type.",
+        labels=BE,
+    )
+    for i, be in enumerate(fleet.be):
+        c.add_metric(list(be), float(p.store.actuals_total[i]))
+    out.append(c)
+    g = GaugeMetricFamily(
+        "fleetmon_outputs_schema_mismatch",
+        "Feature columns missing (kind=missing) or not configured (kind=unexpected) in the model's newest "
+        "prediction rows; non-zero means the model's input schema changed (those rows are rejected).",
+        labels=[*FLEET, "kind"],
+    )
+    for i in range(len(labels)):
+        g.add_metric([*labels[i], "missing"], float(p.store.schema_missing[i]))
+        g.add_metric([*labels[i], "unexpected"], float(p.store.schema_unexpected[i]))
+    out.append(g)
+    return out
+
+
+def ingest_families(p: OutputsPipeline) -> list[Metric]:
+    out: list[Metric] = []
+    c = CounterMetricFamily(
+        "fleetmon_outputs_rows_rejected",
+        "Rows rejected by reason and kind (predictions/actuals), each kept in the quarantine file; fleet "
+        "labels are set only when the row's keys are valid fleet keys.",
+        labels=["reason", "kind", *FLEET],
+    )
+    for key, n in sorted(p.rejected.items()):
+        c.add_metric(list(key), float(n))
+    out.append(c)
+    up = GaugeMetricFamily(
+        "fleetmon_outputs_source_up",
+        "1 if the outputs source was read without error on the last poll.",
+        labels=["source"],
+    )
+    errors = CounterMetricFamily(
+        "fleetmon_outputs_source_errors",
+        "Failed reads of the source (unreadable file, SQL error).",
+        labels=["source"],
+    )
+    files = CounterMetricFamily(
+        "fleetmon_outputs_files_read", "Files read from the source (each once).", labels=["source"]
+    )
+    rows = CounterMetricFamily(
+        "fleetmon_outputs_rows_read", "Rows read from the source, accepted or rejected.", labels=["source"]
+    )
+    info = GaugeMetricFamily(
+        "fleetmon_outputs_source_info",
+        "Configured outputs sources.",
+        labels=["source", "kind", "format", "location"],
+    )
+    for name, kind, src in p.sources:
+        up.add_metric([name], p.source_up[name])
+        errors.add_metric([name], float(p.source_errors[name]))
+        files.add_metric([name], float(p.files_read[name]))
+        rows.add_metric([name], float(p.rows_read[name]))
+        if hasattr(src, "glob"):
+            info.add_metric([name, kind, src.format, src.glob], 1.0)  # type: ignore[union-attr]
+        else:
+            info.add_metric([name, kind, "sql", _safe_url(src.url)], 1.0)  # type: ignore[union-attr]
+    out += [up, errors, files, rows, info]
+    n_pred, n_act = p.store.rows()
+    g = GaugeMetricFamily(
+        "fleetmon_outputs_rows_retained", "Rows kept in memory for windows and drift.", labels=["kind"]
+    )
+    g.add_metric(["predictions"], float(n_pred))
+    g.add_metric(["actuals"], float(n_act))
+    out.append(g)
+    out.append(
+        CounterMetricFamily(
+            "fleetmon_outputs_quarantine_write_errors",
+            "Failed writes to the quarantine directory (the rows stay counted as rejected).",
+            value=float(p.quarantine.write_errors),
+        )
+    )
+    return out
+
+
+def building_families(cfg: Config) -> list[Metric]:
+    info = GaugeMetricFamily(
+        "fleetmon_building_info",
+        "Building metadata from the fleet config (value 1).",
+        labels=["customer", "building", "building_type", "weather_station", "latitude", "longitude"],
+    )
+    vol = GaugeMetricFamily(
+        "fleetmon_building_volume_cubic_meters",
+        "Building volume from the fleet config.",
+        labels=["customer", "building"],
+    )
+    for c, b in cfg.fleet.buildings():
+        info.add_metric(
+            [c.id, b.id, b.building_type, b.weather_station, _fmt(b.latitude), _fmt(b.longitude)], 1.0
+        )
+        vol.add_metric([c.id, b.id], b.volume_m3)
+    return [info, vol]
+
+
+def _safe_url(url: str) -> str:
+    """A SQLAlchemy URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable url>"
+
+
+# ------------------------------------------------------------------------------------------ collectors
+@register("outputs", help="model outputs: quality, freshness, volume, data quality, bad input")
+class OutputsCollector:
+    def __init__(self, cfg: Config, pipeline: OutputsPipeline | None = None) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline or pipeline_for(cfg)
+        self._static = building_families(cfg)
+        self._families: list[Metric] = []
+
+    def poll(self) -> None:
+        p = self.pipeline
+        p.ingest()
+        q = p.refresh_quality()
+        self._families = quality_families(p, q) + ingest_families(p)
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._static
+        fams = self._families
+        if not fams:  # before the first poll: health of the sources at least
+            fams = ingest_families(self.pipeline)
+        yield from fams
+
+    def close(self) -> None:
+        _release(self.pipeline)
+
+
+@register("drift", help="data drift per model (Evidently's tests), computed in the background")
+class DriftCollector:
+    def __init__(self, cfg: Config, pipeline: OutputsPipeline | None = None, backend: Any = None) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline or pipeline_for(cfg)
+        self.drift = cfg.outputs.drift
+        self._backend = backend
+        self._references = (
+            ReferenceFiles(
+                self.drift.reference_path or "",
+                list(cfg.outputs.features),
+                cfg.outputs.state_dir / "references",
+            )
+            if self.drift.reference == "file"
+            else None
+        )
+        self.results: list[Any] = []
+        self.jobset: JobSet | None = None
+        self._families: list[Metric] = []
+        self._last_success: float | None = None
+        self._duration = 0.0
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            from fleetmon.drift import get_backend
+
+            self._backend = get_backend(self.drift.engine)
+        return self._backend
+
+    def poll(self) -> None:
+        if not self.drift.enabled:
+            return
+        start = time.perf_counter()
+        now = self.pipeline.clock()
+        snap = self.pipeline.store.snapshot(now)
+        jobset = build_jobs(
+            snap, self.pipeline.fleet, self.pipeline.features, self.drift, now, self._references
+        )
+        results = self.backend.run(jobset.jobs)
+        self._duration = time.perf_counter() - start
+        self.results, self.jobset, self._last_success = results, jobset, time.time()
+        self._families = list(drift_families(results)) + self._own_families()
+
+    def _own_families(self) -> list[Metric]:
+        out: list[Metric] = []
+        last = GaugeMetricFamily(
+            "fleetmon_drift_last_success_timestamp_seconds",
+            "Unix time of the last successful drift run; drift series are cached from it.",
+        )
+        if self._last_success is not None:
+            last.add_metric([], self._last_success)
+        out.append(last)
+        out.append(
+            GaugeMetricFamily(
+                "fleetmon_drift_run_duration_seconds",
+                "Duration of the last drift run (jobs + backend).",
+                value=self._duration,
+            )
+        )
+        jobs = GaugeMetricFamily(
+            "fleetmon_drift_models", "Models with a drift job in the last run.", value=len(self.results)
+        )
+        out.append(jobs)
+        skipped = GaugeMetricFamily(
+            "fleetmon_drift_models_skipped",
+            "Models without a drift job in the last run, by reason (no_reference_rows, reference_unavailable).",
+            labels=["reason"],
+        )
+        for reason in ("no_reference_rows", "reference_unavailable"):
+            skipped.add_metric([reason], float(self.jobset.skipped[reason] if self.jobset else 0))
+        out.append(skipped)
+        return out
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+    def close(self) -> None:
+        _release(self.pipeline)
+
+
+def drift_families(results: list[Any]) -> Iterator[Metric]:
+    """The drift backend's results as metric families (names owned by ``fleetmon.drift.render``)."""
+    try:
+        from fleetmon.drift import render
+    except ImportError:  # the renderer has not landed: serve the share and dataset flag only
+        share = GaugeMetricFamily(
+            "fleetmon_drift_share",
+            "Share of the model's computable columns that drifted. Cached.",
+            labels=FLEET,
+        )
+        flag = GaugeMetricFamily(
+            "fleetmon_drift_dataset_drifted",
+            "1 if the model's dataset drifted (Evidently's drift_share rule). Cached.",
+            labels=FLEET,
+        )
+        for r in results:
+            lab = [r.key.customer, r.key.building, r.key.energy, r.key.model]
+            share.add_metric(lab, r.share_drifted)
+            flag.add_metric(lab, float(r.dataset_drift))
+        yield share
+        yield flag
+        return
+    yield from render.families(results)

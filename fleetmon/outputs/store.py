@@ -1,0 +1,177 @@
+"""The in-memory window of accepted predictions and actuals, kept for ``outputs.retention_seconds``.
+
+Frames are never changed in place: adding rows makes new chunks, ``snapshot()`` consolidates them into
+new frames, so a snapshot can be read by another thread (quality, drift) without holding the lock.
+Actuals are joined to predictions at read time (same building and energy type, same target_time), so an
+actual counts whether it arrives before or after its predictions.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fleetmon.outputs.records import FEATURE_PREFIX, Batch, FleetIndex, Rejection, Validated, rejection
+
+# Join key of an actual: (building-energy id, target second) packed in one int64.
+_KEY_SCALE = 10_000_000_000
+
+
+def actual_key(be: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return be.astype(np.int64) * _KEY_SCALE + np.round(target).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    predictions: pd.DataFrame  # model, be, made_at, target, prediction, score, flag, features.<f>...
+    actuals: pd.DataFrame  # be, target, actual, observed_at
+
+
+class OutputStore:
+    def __init__(self, fleet: FleetIndex, features: list[str], retention_seconds: float) -> None:
+        self.fleet = fleet
+        self.features = list(features)
+        self.retention = retention_seconds
+        self.lock = threading.Lock()
+        n_models, n_be = len(fleet.models), len(fleet.be)
+        self._pred: list[pd.DataFrame] = [self._empty_predictions()]
+        self._act: list[pd.DataFrame] = [
+            pd.DataFrame(
+                {
+                    "be": np.empty(0, dtype=np.int64),
+                    "target": np.empty(0),
+                    "actual": np.empty(0),
+                    "observed_at": np.empty(0),
+                }
+            )
+        ]
+        # Counters (never decrease; not incremented when the window is rebuilt after a restart).
+        self.predictions_total = np.zeros(n_models)
+        self.actuals_total = np.zeros(n_be)
+        # Survive eviction: a model that stopped predicting keeps its last timestamp.
+        self.last_made_at = np.full(n_models, np.nan)
+        # Feature columns missing / unexpected in each model's newest rows (schema change).
+        self.schema_missing = np.zeros(n_models)
+        self.schema_unexpected = np.zeros(n_models)
+
+    def _empty_predictions(self) -> pd.DataFrame:
+        cols: dict[str, np.ndarray] = {
+            "model": np.empty(0, dtype=np.int64),
+            "be": np.empty(0, dtype=np.int64),
+        }
+        for c in ("made_at", "target", "prediction", "score", "flag"):
+            cols[c] = np.empty(0)
+        for f in self.features:
+            cols[FEATURE_PREFIX + f] = np.empty(0)
+        return pd.DataFrame(cols)
+
+    # --------------------------------------------------------------------------------------- add
+    def add(self, v: Validated, batch: Batch, count: bool = True) -> list[Rejection]:
+        """Add validated rows; returns the duplicates (rejected). ``count=False`` when rebuilding."""
+        with self.lock:
+            if v.kind == "predictions":
+                for m, (n_miss, n_unexp) in v.schema.items():
+                    self.schema_missing[m], self.schema_unexpected[m] = n_miss, n_unexp
+                return self._add_predictions(v, batch, count)
+            return self._add_actuals(v, batch, count)
+
+    def _add_predictions(self, v: Validated, batch: Batch, count: bool) -> list[Rejection]:
+        rows = v.rows
+        if rows.empty:
+            return []
+        dup = rows.duplicated(["model", "made_at", "target"]).to_numpy()
+        lo, hi = rows["target"].min(), rows["target"].max()
+        existing: set[tuple[int, float, float]] = set()
+        for chunk in self._pred:
+            t = chunk["target"].to_numpy()
+            sel = (t >= lo) & (t <= hi)
+            if sel.any():
+                c = chunk[sel]
+                existing.update(
+                    zip(c["model"].tolist(), c["made_at"].tolist(), c["target"].tolist(), strict=True)
+                )
+        if existing:
+            dup |= np.fromiter(
+                (
+                    k in existing
+                    for k in zip(
+                        rows["model"].tolist(), rows["made_at"].tolist(), rows["target"].tolist(), strict=True
+                    )
+                ),
+                dtype=bool,
+                count=len(rows),
+            )
+        rejected = [
+            rejection(
+                batch,
+                int(v.loc[i]),
+                "duplicate",
+                "prediction already read (same model, made_at, target_time)",
+                int(rows["model"].iat[i]),
+                self.fleet,
+            )
+            for i in np.flatnonzero(dup)
+        ]
+        new = rows[~dup]
+        if not new.empty:
+            self._pred.append(new)
+            model = new["model"].to_numpy()
+            if count:
+                self.predictions_total += np.bincount(model, minlength=len(self.predictions_total))
+            newest = pd.Series(new["made_at"].to_numpy()).groupby(model).max()
+            idx = newest.index.to_numpy()
+            self.last_made_at[idx] = np.fmax(self.last_made_at[idx], newest.to_numpy())
+        return rejected
+
+    def _add_actuals(self, v: Validated, batch: Batch, count: bool) -> list[Rejection]:
+        rows = v.rows
+        if rows.empty:
+            return []
+        keys = actual_key(rows["be"].to_numpy(), rows["target"].to_numpy())
+        dup = pd.Series(keys).duplicated().to_numpy()
+        lo, hi = rows["target"].min(), rows["target"].max()
+        for chunk in self._act:
+            t = chunk["target"].to_numpy()
+            sel = (t >= lo) & (t <= hi)
+            if sel.any():
+                dup |= np.isin(keys, actual_key(chunk["be"].to_numpy()[sel], t[sel]))
+        rejected = [
+            rejection(
+                batch,
+                int(v.loc[i]),
+                "duplicate",
+                "actual already read (same building, energy, target_time)",
+                int(rows["be"].iat[i]),
+                self.fleet,
+            )
+            for i in np.flatnonzero(dup)
+        ]
+        new = rows[~dup]
+        if not new.empty:
+            self._act.append(new)
+            if count:
+                self.actuals_total += np.bincount(new["be"].to_numpy(), minlength=len(self.actuals_total))
+        return rejected
+
+    # ---------------------------------------------------------------------------------- snapshot
+    def snapshot(self, now: float) -> Snapshot:
+        """Consolidate, evict rows older than the retention, and return the current frames."""
+        with self.lock:
+            horizon = now - self.retention
+            pred = self._pred[0] if len(self._pred) == 1 else pd.concat(self._pred, ignore_index=True)
+            keep = np.fmax(pred["target"].to_numpy(), pred["made_at"].to_numpy()) >= horizon
+            if not keep.all():
+                pred = pred[keep].reset_index(drop=True)
+            act = self._act[0] if len(self._act) == 1 else pd.concat(self._act, ignore_index=True)
+            keep = act["target"].to_numpy() >= horizon
+            if not keep.all():
+                act = act[keep].reset_index(drop=True)
+            self._pred, self._act = [pred], [act]
+            return Snapshot(pred, act)
+
+    def rows(self) -> tuple[int, int]:
+        with self.lock:
+            return sum(len(c) for c in self._pred), sum(len(c) for c in self._act)
