@@ -206,11 +206,23 @@ class MlflowConfig(_Model):
 class FileSource(_Model):
     glob: str
     format: Literal["jsonl", "csv", "parquet"] = "jsonl"
+    # The ``source`` label of this source's health metrics (default: predictions-0, actuals-1, ...).
+    name: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
 class SqlSource(_Model):
+    """Rows of a SQL query (SQLAlchemy URL), read incrementally by ``time_column``.
+
+    The first read runs ``query`` as given; later reads wrap it as
+    ``SELECT * FROM (query) WHERE time_column > :since`` with the largest value seen so far, compared by the
+    database in the column's own type. Rows must be inserted with a non-decreasing ``time_column``.
+    """
+
     url: str
     query: str
+    kind: Literal["predictions", "actuals"] = "predictions"
+    time_column: str = Field(default="made_at", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str | None = Field(default=None, pattern=ID_PATTERN)
 
 
 class DriftColumnOverride(_Model):
@@ -221,6 +233,8 @@ class DriftColumnOverride(_Model):
 
 class DriftConfig(_Model):
     enabled: bool = True
+    # fleet: the batched engine (same numbers as Evidently, fleet-wide); evidently: Evidently per model.
+    engine: Literal["fleet", "evidently"] = "fleet"
     interval_seconds: float = Field(default=300, gt=0)
     # rolling: reference = [now - reference_window - current_window, now - current_window)
     reference: Literal["rolling", "file"] = "rolling"
@@ -247,10 +261,34 @@ class OutputsConfig(_Model):
     retention_seconds: float = Field(default=8 * 86400, gt=0)
     # Timestamps further than this in the future are rejected.
     max_future_skew_seconds: float = Field(default=300, ge=0)
+    # Quantiles of the anomaly score exported per anomaly detector and window.
+    score_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.99])
     drift: DriftConfig = Field(default_factory=DriftConfig)
     quarantine_dir: Path = Path("var/quarantine/outputs")
     state_dir: Path = Path("var/state/outputs")
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9702))
+
+    @field_validator("score_quantiles")
+    @classmethod
+    def _quantiles(cls, v: list[float]) -> list[float]:
+        for q in v:
+            if not 0 <= q <= 1:
+                raise ValueError(f"quantile {q} is not within 0..1")
+        return v
+
+    @model_validator(mode="after")
+    def _source_names(self) -> OutputsConfig:
+        # Every source gets a stable name for the ``source`` label; names must be unique.
+        seen: set[str] = set()
+        sources: list[FileSource | SqlSource] = [*self.predictions, *self.actuals, *self.sql]
+        kinds = ["predictions"] * len(self.predictions) + ["actuals"] * len(self.actuals) + ["sql"] * len(self.sql)
+        for i, (src, kind) in enumerate(zip(sources, kinds, strict=True)):
+            if src.name is None:
+                src.name = f"{kind}-{i}"
+            if src.name in seen:
+                raise ValueError(f"duplicate source name {src.name!r}")
+            seen.add(src.name)
+        return self
 
 
 class ProcessMatch(_Model):
