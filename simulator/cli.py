@@ -122,6 +122,17 @@ def cmd_run(argv: Sequence[str]) -> int:
     from simulator.core import Simulator
 
     use_mlflow = cfg.mlflow.enabled and not args.no_mlflow
+    # MLflow's client: no run URLs on stdout, the config's timeout and retries, its credentials.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(cfg.mlflow.timeout_seconds)))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(cfg.mlflow.max_retries))
+    for env, value in (
+        ("MLFLOW_TRACKING_TOKEN", cfg.mlflow.token),
+        ("MLFLOW_TRACKING_USERNAME", cfg.mlflow.username),
+        ("MLFLOW_TRACKING_PASSWORD", cfg.mlflow.password),
+    ):
+        if value:
+            os.environ.setdefault(env, value)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -142,7 +153,8 @@ def cmd_run(argv: Sequence[str]) -> int:
         try:
             sim.fast_forward(args.until_sim_hours, stop=stop)
         finally:
-            sim.close()
+            # let the MLflow worker seed and record the jobs of the fast-forwarded hours
+            sim.close(drain_seconds=0 if stop.is_set() else 300)
         return 0
 
     start = _parse_time(args.start) if args.start else datetime.now(UTC).timestamp()

@@ -1,0 +1,290 @@
+"""The demo fleet simulator: one ``step(now)`` advances everything it writes to wall time ``now``.
+
+Layout under ``demo.output_dir`` (``docs/formats.md``):
+
+- ``outputs/predictions/predictions-<time>.jsonl``: every model's record for one simulated hour;
+- ``outputs/actuals/actuals-<time>.jsonl``: the measured hours that arrive then (2-4 hours late);
+- ``logs/<app>/...``: container logs (``simulator.logs``);
+- ``ground_truth.jsonl``: the incidents, written when scheduled (``simulator.incidents``);
+- ``simulator.json``: start time, interval and seed of the running simulation.
+
+Simulated hour ``k`` is the wall instant ``k * interval`` (interval = 3600 / time_scale). At start-up the
+simulator backfills ``demo.backfill_hours`` hours ending now; afterwards each step writes the hours whose
+instant has passed, so no timestamp is ever in the future. Output files are written whole (temporary
+name, then rename) and never rewritten: a restart skips hours already on disk.
+
+Training jobs happen now and then (and often, and failing, for a model with a ``training_failures``
+incident); each is a ``Received message`` line in training-api, a ``Training job finished`` / ``Failed to
+process`` line in training-processor, and, when MLflow is on, a run with the same ``job_id`` tag.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import logging
+import math
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fleetmon.config import Config, ModelKey
+from simulator.incidents import Incident, Schedule, error_factor
+from simulator.logs import DEFAULT_MAX_BYTES, Platform
+from simulator.world import Effects, World, rfc3339
+
+log = logging.getLogger("fleetmon.demo")
+
+_STAMP = re.compile(r"-(\d{8}T\d{6}(?:\.\d+)?Z)\.jsonl$")
+
+
+def stamp(t: float) -> str:
+    return rfc3339(t).replace("-", "").replace(":", "")
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> bool:
+    """Write records to ``path`` whole (temp name + rename); False if the file already exists."""
+    if path.exists():
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    os.replace(tmp, path)
+    return True
+
+
+@dataclass
+class Job:
+    key: ModelKey
+    job_id: str
+    received: float
+    finish: float
+    trigger: str
+
+
+class Simulator:
+    def __init__(
+        self,
+        cfg: Config,
+        start: float,
+        mlflow: bool = True,
+        log_max_bytes: int = DEFAULT_MAX_BYTES,
+        mlflow_client: Any = None,
+    ) -> None:
+        demo = cfg.demo
+        self.cfg = cfg
+        self.start = start
+        self.interval = 3600.0 / demo.time_scale
+        self.out = Path(demo.output_dir)
+        self.pred_dir = self.out / "outputs" / "predictions"
+        self.act_dir = self.out / "outputs" / "actuals"
+        for d in (self.pred_dir, self.act_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.world = World(cfg.fleet, demo.seed)
+        self.schedule = Schedule(
+            cfg.fleet,
+            demo.seed,
+            start,
+            self.interval,
+            demo.first_incident_after_seconds,
+            self.out / "ground_truth.jsonl",
+        )
+        self.platform = Platform(self.out / "logs", self.world.models, demo.seed, log_max_bytes)
+        k_now = self.k_at(start)
+        self.first_k = k_now - demo.backfill_hours + 1
+        self.next_pred_k = self.first_k
+        self.next_act_j = self.first_k
+        self.last_t = start
+        self.files_written = 0
+        self.keep_seconds = max(demo.backfill_hours * self.interval, cfg.outputs.retention_seconds) + 3600
+        self._next_prune = start
+        self.train_rng = random.Random(f"{demo.seed}:training")
+        # fleet-wide: a training job every ~40 s for the 80-model demo, more for bigger fleets
+        self.train_rate = min(0.5, len(self.world.models) / 3200.0)
+        self.pending: list[Job] = []
+        self.jobs: list[Job] = []  # every job received (tests read it)
+        self.trainer = None
+        if mlflow:
+            from simulator.mlflow_seed import FleetMlflow, Trainer
+
+            self.trainer = Trainer(FleetMlflow(cfg, self.world, mlflow_client), seed_now=start)
+            self.trainer.start()
+        self._write_state()
+
+    # ------------------------------------------------------------------------------- time
+    def k_at(self, t: float) -> int:
+        """The last simulated hour whose instant is at or before ``t``."""
+        return math.floor(t / self.interval + 1e-9)
+
+    def t_of(self, k: int) -> float:
+        return k * self.interval
+
+    def _write_state(self) -> None:
+        state = {
+            "start": rfc3339(self.start),
+            "interval_seconds": self.interval,
+            "seed": self.cfg.demo.seed,
+            "first_hour": rfc3339(self.t_of(self.first_k)),
+            "pid": os.getpid(),
+        }
+        tmp = self.out / ".simulator.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1) + "\n")
+        os.replace(tmp, self.out / "simulator.json")
+
+    # ------------------------------------------------------------------------------- step
+    def effects(self, t: float) -> Effects:
+        eff = Effects()
+        for inc in self.schedule.active(t):
+            if inc.key is None:
+                continue
+            if inc.kind == "data_drift":
+                eff.drift[inc.key] = (str(inc.detail["feature"]), float(inc.detail["shift"]))
+            elif inc.kind == "error_growth":
+                eff.error_factor[inc.key] = error_factor(inc, t)
+            elif inc.kind == "stale_predictions":
+                eff.stale.add(inc.key)
+        return eff
+
+    def step(self, now: float) -> None:
+        """Advance to wall time ``now``: incidents, output files, logs, training jobs."""
+        self.schedule.advance(now)
+        k_now = self.k_at(now)
+        while self.next_pred_k <= k_now:
+            k = self.next_pred_k
+            t_k = self.t_of(k)
+            recs = self.world.prediction_records(k, t_k, self.interval, self.effects(t_k))
+            if write_jsonl_atomic(self.pred_dir / f"predictions-{stamp(t_k)}.jsonl", recs):
+                self.files_written += 1
+            self.next_pred_k += 1
+        while self.next_act_j <= k_now:
+            j = self.next_act_j
+            recs = self.world.actual_records(j, self.interval, self.first_k)
+            if recs and write_jsonl_atomic(self.act_dir / f"actuals-{stamp(self.t_of(j))}.jsonl", recs):
+                self.files_written += 1
+            self.next_act_j += 1
+        if now > self.last_t:
+            t0, t1 = self.last_t, now
+            overlapping = [i for i in self.schedule.incidents if i.start < t1 and i.end > t0]
+            self._training(t0, t1, overlapping)
+            self.platform.emit(t0, t1, overlapping)
+            self.platform.flush()
+            self.last_t = now
+        if now >= self._next_prune:
+            self._prune(now)
+            self._next_prune = now + 300
+
+    def _job_id(self) -> str:
+        return str(uuid.UUID(int=self.train_rng.getrandbits(128), version=4))
+
+    def _training(self, t0: float, t1: float, incidents: list[Incident]) -> None:
+        rng = self.train_rng
+        arrivals: list[tuple[float, ModelKey, str]] = []
+        t = t0
+        while True:
+            t += rng.expovariate(self.train_rate)
+            if t > t1:
+                break
+            arrivals.append((t, rng.choice(self.world.models), "schedule"))
+        for inc in incidents:
+            if inc.kind != "training_failures" or inc.key is None:
+                continue
+            # the pipeline retries the failing model every ~30 s while the incident lasts
+            t = max(t0, inc.start)
+            end = min(t1, inc.end)
+            while True:
+                t += rng.expovariate(1 / 30)
+                if t > end:
+                    break
+                arrivals.append((t, inc.key, "retry"))
+        arrivals.sort(key=lambda a: a[0])
+        for t, key, trigger in arrivals:
+            job = Job(key, self._job_id(), t, t + rng.uniform(8, 25), trigger)
+            self.jobs.append(job)
+            self.pending.append(job)
+            self.platform.training_received(t, key, job.job_id, trigger)
+            if self.trainer is not None:
+                self.trainer.submit("start", key, job.job_id, t, trigger)
+        due = sorted((j for j in self.pending if j.finish <= t1), key=lambda j: j.finish)
+        self.pending = [j for j in self.pending if j.finish > t1]
+        for job in due:
+            failing = next(
+                (
+                    i
+                    for i in incidents
+                    if i.kind == "training_failures" and i.key == job.key and i.active(job.finish)
+                ),
+                None,
+            )
+            new_version = rng.random() < 0.25
+            promote = rng.random() < 0.5
+            if failing is not None:
+                self.platform.training_failed(
+                    job.finish, job.key, job.job_id, str(failing.detail.get("exception", "ValueError"))
+                )
+                status = "FAILED"
+            else:
+                mae = rng.uniform(0.04, 0.1) * float(
+                    self.world.typical_consumption(job.key.energy)[
+                        self.world.index[(job.key.customer, job.key.building)]
+                    ]
+                )
+                self.platform.training_finished(
+                    job.finish, job.key, job.job_id, job.finish - job.received, mae
+                )
+                status = "FINISHED"
+            if self.trainer is not None:
+                self.trainer.submit("finish", job.key, job.job_id, job.finish, status, new_version, promote)
+
+    def _prune(self, now: float) -> None:
+        """Delete output files older than the retention horizon (a long demo must not fill the disk)."""
+        horizon = now - self.keep_seconds
+        for d in (self.pred_dir, self.act_dir):
+            for p in d.glob("*.jsonl"):
+                m = _STAMP.search(p.name)
+                if not m:
+                    continue
+                try:
+                    t = calendar.timegm(time.strptime(m.group(1).split(".")[0], "%Y%m%dT%H%M%S"))
+                except ValueError:
+                    continue
+                if t < horizon:
+                    p.unlink(missing_ok=True)
+
+    # -------------------------------------------------------------------------------- run
+    def fast_forward(self, hours: int, stop: threading.Event | None = None) -> None:
+        """Simulate ``hours`` simulated hours after start-up without sleeping."""
+        for i in range(hours + 1):
+            if stop is not None and stop.is_set():
+                break
+            self.step(self.start + i * self.interval)
+
+    def run_forever(self, stop: threading.Event, tick: float = 1.0) -> None:
+        errors = 0
+        while not stop.is_set():
+            try:
+                self.step(time.time())
+            except Exception:  # disk full, permissions...: keep the demo alive, say so
+                errors += 1
+                log.exception("simulator step failed (%d so far)", errors)
+            stop.wait(tick)
+
+    def close(self, drain_seconds: float = 0.0) -> None:
+        """Stop the MLflow worker; with ``drain_seconds``, first let it finish queued work."""
+        if self.trainer is None:
+            return
+        if drain_seconds > 0:
+            deadline = time.monotonic() + drain_seconds
+            while time.monotonic() < deadline and (
+                not self.trainer.seeded.is_set() or not self.trainer.queue.empty()
+            ):
+                if not self.trainer.thread.is_alive():
+                    break
+                time.sleep(0.1)
+        self.trainer.close()
