@@ -445,12 +445,13 @@ class LineParser:
             method = method.upper()
             if method not in HTTP_METHODS:
                 method = "OTHER"
-            route = self._route_cache.get(path)
-            if route is None:
-                route = normalize_route(path)
+            cached = self._route_cache.get(path)
+            if cached is None:
+                cached = normalize_route(path)
                 if len(self._route_cache) >= 50_000:
                     self._route_cache.clear()
-                self._route_cache[path] = route
+                self._route_cache[path] = cached
+            route = cached
             if route not in st.routes:
                 if len(st.routes) >= self.max_routes:
                     route = OTHER

@@ -534,8 +534,8 @@ def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str
     for app, s in snap.items():
         for (m, r, code), v in s.requests.items():
             req.add_metric([app, m, r, code], v)
-        for (m, r, code), v in s.last_error.items():
-            last_err.add_metric([app, m, r, code], v)
+        for (m, r, code), ts in s.last_error.items():
+            last_err.add_metric([app, m, r, code], ts)
         routes.add_metric([app], len(s.routes))
         for et, v in s.errors.items():
             errors.add_metric([app, et], v)

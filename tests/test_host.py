@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from prometheus_client import CollectorRegistry
 
@@ -93,10 +92,15 @@ def test_process_groups_follow_real_processes_and_cpu_stays_monotonic() -> None:
         )
     )
     coll = ProcessesCollector(cfg)
-    code = "import sys,time\nt=time.time()\nwhile time.time()-t<0.4: pass\ntime.sleep(30)"
-    procs = [subprocess.Popen([sys.executable, "-c", code, marker]) for _ in range(2)]
+    # burn 0.3 s of CPU (not wall time: the machine is shared), say so, then idle
+    code = "import time\nwhile time.process_time()<0.3: pass\nprint('ready', flush=True)\ntime.sleep(60)"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     try:
-        time.sleep(0.8)
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
         reg = registry(coll)
         g = {"group": "burner"}
         assert reg.get_sample_value("fleetmon_process_up", g) == 1
@@ -104,16 +108,24 @@ def test_process_groups_follow_real_processes_and_cpu_stays_monotonic() -> None:
         assert reg.get_sample_value("fleetmon_process_threads", g) >= 2
         assert reg.get_sample_value("fleetmon_process_open_fds", g) >= 6
         assert reg.get_sample_value("fleetmon_process_resident_memory_bytes", g) > 2e6
-        cpu1 = reg.get_sample_value("fleetmon_process_cpu_seconds_total", {**g, "mode": "user"})
-        assert cpu1 > 0.3
+
+        def cpu() -> float:
+            return sum(
+                reg.get_sample_value("fleetmon_process_cpu_seconds_total", {**g, "mode": m})
+                for m in ("user", "system")
+            )
+
+        cpu1 = cpu()
+        assert cpu1 > 0.55  # two processes that burnt 0.3 s of CPU each (process_time = user + system)
         assert reg.get_sample_value("fleetmon_process_up", {"group": "absent"}) == 0
         procs[0].kill()
         procs[0].wait()
-        cpu2 = reg.get_sample_value("fleetmon_process_cpu_seconds_total", {**g, "mode": "user"})
-        assert cpu2 >= cpu1  # the exited process's CPU time is kept
+        assert cpu() >= cpu1  # the exited process's CPU time is kept
         assert reg.get_sample_value("fleetmon_process_instances", g) == 1
     finally:
         for p in procs:
             p.kill()
             p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
     assert registry(coll).get_sample_value("fleetmon_process_up", {"group": "burner"}) == 0

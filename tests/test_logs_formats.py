@@ -266,7 +266,7 @@ def test_clf_time_with_offsets() -> None:
 
 
 def test_uvicorn_access_lines_in_azure_console_records() -> None:
-    p = LineParser(APPS + ["mlflow"])
+    p = LineParser([*APPS, "mlflow"])
     line = 'INFO:     10.0.4.7:51234 - "POST /api/2.0/mlflow/runs/search HTTP/1.1" 503 Service Unavailable'
     assert feed(p, "mlflow", console("mlflow", line)) == [None]
     key = ("POST", "/api/{num}/mlflow/runs/search", "503")
