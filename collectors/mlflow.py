@@ -11,9 +11,10 @@ Polling (``poll()``, in the background) keeps per-run and per-model state in mem
   restart the first poll is full again, so no state is persisted).
 - Other polls ask only for what changed. MLflow 3 has no "last updated" attribute on runs (searchable run
   attributes are run_id, run_name, user_id, status, start_time, end_time, artifact_uri: see
-  ``mlflow/entities/run_info.py``), so an incremental poll asks for: experiments created since the watermark,
-  runs with ``attributes.status = 'RUNNING'``, runs with ``attributes.end_time >= watermark - margin``, and,
-  for runs we knew as running that are in neither answer, those runs by id (deleted or ended long ago).
+  ``mlflow/entities/run_info.py``), so an incremental poll asks for: experiments created since the watermark
+  (and all runs of those: seeded or imported runs carry old timestamps), runs with
+  ``attributes.status = 'RUNNING'``, runs with ``attributes.end_time >= watermark - margin``, and, for runs
+  we knew as running that are in neither answer, those runs by id (deleted or ended long ago).
   A run is replaced by id, so counts stay exact when it moves running -> finished/failed.
 - The registry: every poll pages through the registered models (1,000 per request), because aliases carry no
   timestamp at all (``set_registered_model_alias`` in ``mlflow/store/model_registry/sqlalchemy_store.py`` does
@@ -221,6 +222,10 @@ class MlflowCollector:
         }
         exp_ids = sorted(self._experiments | new_exps)
         raw_runs: list[dict[str, Any]] = []
+        # Experiments created lately are read whole: a seeder or an import fills a new experiment with
+        # runs whose start and end times lie in the past, which the end_time filter below cannot see.
+        for page in self.client.search_runs(sorted(new_exps)):
+            raw_runs.extend(page)
         for flt in ("attributes.status = 'RUNNING'", f"attributes.end_time >= {since_ms}"):
             for page in self.client.search_runs(exp_ids, flt):
                 raw_runs.extend(page)

@@ -226,6 +226,15 @@ def test_incremental_poll_asks_for_far_less(mlflow_server: str, tmp_path: Path) 
         make_run(c, exp, key, start_ms=t - 1000, end_ms=t, status="KILLED")
         assert exp_.poll_once("mlflow")
         assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "killed"}) == 1
+        # a new experiment filled with runs from the past (a seeder, an import) is read whole
+        exp2 = c.create_experiment(f"{cust}/{b}/imported")
+        day_ago = t - 86_400_000
+        make_run(
+            c, exp2, {**key, "model": "anomaly"}, start_ms=day_ago, end_ms=day_ago + 1000, status="FAILED"
+        )
+        assert exp_.poll_once("mlflow")
+        failed = {**key, "model": "anomaly", "status": "failed"}
+        assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", failed) == 1
     finally:
         exp_.stop()
 
