@@ -144,7 +144,8 @@ class GpuCollector:
         for pid, used in opt(lambda: b.processes(h)) or []:
             if used is None:
                 continue
-            r.proc_mem[self._group_of(pid)] = r.proc_mem.get(self._group_of(pid), 0.0) + used
+            group = self._group_of(pid)
+            r.proc_mem[group] = r.proc_mem.get(group, 0.0) + used
         return r
 
     def _group_of(self, pid: int) -> str:
