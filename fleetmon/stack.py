@@ -31,6 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -527,23 +528,31 @@ def down(
     PATH) are honoured too.
     """
     known = {c.name: c for c in components}
-    names = [c.name for c in sorted(components, key=lambda c: -c.tier)]
+    # Stop by tier, last tier first; the groups of one tier are stopped in parallel.
+    tiers: dict[int, list[str]] = {}
+    for c in components:
+        tiers.setdefault(-c.tier, []).append(c.name)
     if everything and paths.run_dir.is_dir():
-        names += sorted(p.stem for p in paths.run_dir.glob("*.pid") if p.stem not in known)
+        extra = sorted(p.stem for p in paths.run_dir.glob("*.pid") if p.stem not in known)
+        tiers.setdefault(-(1 << 30), []).extend(extra)
     ports: list[tuple[str, int, str]] = []
-    for name in names:
-        pid = running_pid(paths, name)
-        if pid is None:
-            if clear_stale(paths, name):
+    for _, names in sorted(tiers.items()):
+        todo: dict[str, int] = {}
+        for name in names:
+            pid = running_pid(paths, name)
+            if pid is not None:
+                todo[name] = pid
+            elif clear_stale(paths, name):
                 print(f"{name}: not running (removed a stale pid file)")
-            continue
-        stop_group(pid, timeout=15)
-        paths.pid_file(name).unlink(missing_ok=True)
-        paths.meta_file(name).unlink(missing_ok=True)
-        print(f"{name}: stopped (pid {pid})")
-        comp = known.get(name)
-        if comp is not None and comp.port is not None:
-            ports.append((name, comp.port, _probe_host_of(comp)))
+        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            list(pool.map(lambda pid: stop_group(pid, timeout=15), todo.values()))
+        for name, pid in todo.items():
+            paths.pid_file(name).unlink(missing_ok=True)
+            paths.meta_file(name).unlink(missing_ok=True)
+            print(f"{name}: stopped (pid {pid})")
+            comp = known.get(name)
+            if comp is not None and comp.port is not None:
+                ports.append((name, comp.port, _probe_host_of(comp)))
     busy = []
     for name, port, host in ports:
         deadline = time.monotonic() + port_timeout
