@@ -218,11 +218,8 @@ def _build_reference(job: DriftJob) -> _RefEntry:
     if cols:
         K.reference_kernel(raw, n, vals, cnts, offs, stats)
     used = int(offs[-1])
-    # np.std of the cleaned reference, as Evidently's normed Wasserstein divides by it
-    stds = []
-    for i in range(len(cols)):
-        row = raw[i]
-        stds.append(float(np.std(row[np.isfinite(row)])) if stats[i, 0] > 0 else math.nan)
+    # np.std of the cleaned reference (Evidently's Wasserstein norm), from the kernel's two-pass sums
+    stds = [float(x) for x in stats[:, 2]]
     numeric = _RefNumeric(cols, kinds, vals[:used].copy(), cnts[:used].copy(), offs, stats, stds)
     entry = _RefEntry(job.reference_version, numeric)
     for c in job.categorical:
@@ -320,19 +317,21 @@ class FleetDriftEngine:
         entry = self._reference(job)
         num = entry.numeric
         out: dict[str, ColumnDrift | _Pending] = {}
-        fast = [
-            c
-            for c, kind in zip(num.columns, num.kinds, strict=True)
-            if kind in "fiu" and c in job.current.columns and _fast_kind(job.current[c]) in "fiu"
-        ]
+        # the current window's numerical columns, read once (the only per-cycle pandas work)
+        current = job.current
+        fast: set[str] = set()
+        cur = np.empty((len(num.columns), len(current)), np.float64)
+        for ci, (c, kind) in enumerate(zip(num.columns, num.kinds, strict=True)):
+            if kind in "fiu" and c in current.columns:
+                s = current[c]
+                if _fast_kind(s) in "fiu":
+                    cur[ci] = s.to_numpy()
+                    fast.add(c)
+                    continue
+            cur[ci] = np.nan
         res = None
         if fast:
             ncols = len(num.columns)
-            cur = _column_matrix(
-                job.current,
-                num.columns,
-                [k if c in fast else "x" for c, k in zip(num.columns, num.kinds, strict=True)],
-            )
             res = np.empty((ncols, K.N_OUT), np.float64)
             K.numeric_kernel(num.vals, num.cnts, num.offs, num.stats, cur, cur.shape[1], res)
         for ci, c in enumerate(num.columns):
