@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fleetmon.config import Config
+from fleetmon.drift.render import render as render_drift
 from fleetmon.exporter import FLEET_LABELS, register
 from fleetmon.outputs.drift_jobs import JobSet, ReferenceFiles, build_jobs
+from fleetmon.outputs.exposition import Rendered, render_families
 from fleetmon.outputs.pipeline import OutputsPipeline
 from fleetmon.outputs.quality import Quality
 
@@ -156,8 +158,8 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
                 g.add_metric([*labels[i], window], float(values[i]))
         g = fam(
             "fleetmon_model_anomaly_score_quantile",
-            "Anomaly detector score quantile over the window (numpy linear interpolation). Cached.",
-            ["window", "quantile"],
+            "Anomaly detector score quantile q (0..1) over the window (numpy linear interpolation). Cached.",
+            ["window", "q"],
         )
         for qv, values in w.score_quantiles.items():
             for i in np.flatnonzero(an & ~np.isnan(values)):
@@ -346,24 +348,27 @@ def _safe_url(url: str) -> str:
 # ------------------------------------------------------------------------------------------ collectors
 @register("outputs", help="model outputs: quality, freshness, volume, data quality, bad input")
 class OutputsCollector:
+    """Serves its series pre-rendered (``prerendered()``, see ``fleetmon.outputs.exposition``): they are
+    encoded once per poll, not once per scrape."""
+
     def __init__(self, cfg: Config, pipeline: OutputsPipeline | None = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline or pipeline_for(cfg)
         self._static = building_families(cfg)
-        self._families: list[Metric] = []
+        # Before the first poll: building metadata and the sources' health.
+        self._rendered = render_families(self._static + ingest_families(self.pipeline))
 
     def poll(self) -> None:
         p = self.pipeline
         p.ingest()
         q = p.refresh_quality()
-        self._families = quality_families(p, q) + ingest_families(p)
+        self._rendered = render_families(self._static + quality_families(p, q) + ingest_families(p))
+
+    def prerendered(self) -> Rendered:
+        return self._rendered
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._static
-        fams = self._families
-        if not fams:  # before the first poll: health of the sources at least
-            fams = ingest_families(self.pipeline)
-        yield from fams
+        return ()
 
     def close(self) -> None:
         _release(self.pipeline)
@@ -387,7 +392,7 @@ class DriftCollector:
         )
         self.results: list[Any] = []
         self.jobset: JobSet | None = None
-        self._families: list[Metric] = []
+        self._rendered: Any = None
         self._last_success: float | None = None
         self._duration = 0.0
 
@@ -409,9 +414,14 @@ class DriftCollector:
             snap, self.pipeline.fleet, self.pipeline.features, self.drift, now, self._references
         )
         results = self.backend.run(jobset.jobs)
+        rendered = render_drift(results)
         self._duration = time.perf_counter() - start
         self.results, self.jobset, self._last_success = results, jobset, time.time()
-        self._families = list(drift_families(results)) + self._own_families()
+        self._rendered = rendered
+
+    def prerendered(self) -> Any:
+        """The drift series of the last successful run, rendered once (``fleetmon.drift.render``)."""
+        return self._rendered
 
     def _own_families(self) -> list[Metric]:
         out: list[Metric] = []
@@ -444,32 +454,10 @@ class DriftCollector:
         return out
 
     def collect(self) -> Iterable[Metric]:
-        return self._families
+        return self._own_families()
 
     def close(self) -> None:
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
         _release(self.pipeline)
-
-
-def drift_families(results: list[Any]) -> Iterator[Metric]:
-    """The drift backend's results as metric families (names owned by ``fleetmon.drift.render``)."""
-    try:
-        from fleetmon.drift import render
-    except ImportError:  # the renderer has not landed: serve the share and dataset flag only
-        share = GaugeMetricFamily(
-            "fleetmon_drift_share",
-            "Share of the model's computable columns that drifted. Cached.",
-            labels=FLEET,
-        )
-        flag = GaugeMetricFamily(
-            "fleetmon_drift_dataset_drifted",
-            "1 if the model's dataset drifted (Evidently's drift_share rule). Cached.",
-            labels=FLEET,
-        )
-        for r in results:
-            lab = [r.key.customer, r.key.building, r.key.energy, r.key.model]
-            share.add_metric(lab, r.share_drifted)
-            flag.add_metric(lab, float(r.dataset_drift))
-        yield share
-        yield flag
-        return
-    yield from render.families(results)

@@ -6,12 +6,14 @@ A fixed clock (NOW) makes every window exact; expected values are computed by ha
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import math
 import os
 import shutil
 import sqlite3
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -22,11 +24,11 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.outputs import J_PER_KWH, OutputsCollector
 from fleetmon.config import Config
-from fleetmon.exporter import Exporter
+from fleetmon.outputs.exposition import PrerenderingExporter
 from fleetmon.outputs.pipeline import OutputsPipeline
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -147,20 +149,38 @@ def write_parquet(path: Path, records: list[dict[str, Any]]) -> None:
     stamp(path)
 
 
+def parse(body: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Exposition text -> sample name -> [(labels, value)]."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
 class Harness:
-    """A pipeline with a fixed clock, its collector and an exporter registry to read values from."""
+    """A pipeline with a fixed clock, its collector, and the exporter's /metrics body to read values from."""
 
     def __init__(self, cfg: Config, now: float = NOW) -> None:
         self.now = now
         self.pipeline = OutputsPipeline(cfg, clock=lambda: self.now)
         self.collector = OutputsCollector(cfg, self.pipeline)
-        self.exporter = Exporter("outputs", {"outputs": self.collector})
+        self.exporter = PrerenderingExporter("outputs", {"outputs": self.collector})
+        self._parsed: dict[str, list[tuple[dict[str, str], float]]] | None = None
 
     def poll(self) -> None:
         assert self.exporter.poll_once("outputs"), self.exporter.poll_states["outputs"].last_error
+        self._parsed = None
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        if self._parsed is None:
+            self._parsed = parse(self.exporter.exposition())
+        return self._parsed.get(name, [])
 
     def get(self, name: str, **labels: str) -> float | None:
-        return self.exporter.registry.get_sample_value(name, labels)
+        hits = [v for lab, v in self.samples(name) if lab == labels]
+        assert len(hits) <= 1
+        return hits[0] if hits else None
 
     def model(self, name: str, b: str, e: str, m: str, **labels: str) -> float | None:
         return self.get(name, customer="c1", building=b, energy=e, model=m, **labels)
@@ -314,11 +334,11 @@ def test_anomaly_rate_and_score_quantiles(tmp_path: Path) -> None:
         assert m("fleetmon_model_scored_predictions", window="24h") == 5
         assert m("fleetmon_model_anomaly_ratio", window="24h") == pytest.approx(2 / 5)
         assert m("fleetmon_model_anomaly_ratio", window="7d") == pytest.approx(3 / 6)
-        assert m("fleetmon_model_anomaly_score_quantile", window="24h", quantile="0.5") == pytest.approx(0.35)
-        assert m("fleetmon_model_anomaly_score_quantile", window="24h", quantile="0.9") == pytest.approx(
+        assert m("fleetmon_model_anomaly_score_quantile", window="24h", q="0.5") == pytest.approx(0.35)
+        assert m("fleetmon_model_anomaly_score_quantile", window="24h", q="0.9") == pytest.approx(
             float(np.quantile(scores, 0.9))
         )
-        assert m("fleetmon_model_anomaly_score_quantile", window="7d", quantile="0.9") == pytest.approx(
+        assert m("fleetmon_model_anomaly_score_quantile", window="7d", q="0.9") == pytest.approx(
             float(np.quantile([*scores, 1.0], 0.9))
         )
         assert m("fleetmon_model_latest_anomaly_score") == 0.1
@@ -470,19 +490,15 @@ def test_bad_input_is_counted_per_reason_and_quarantined(tmp_path: Path, harness
     expected["schema_missing_feature"] += 2
     for reason, n in expected.items():
         got = sum(
-            s.value
-            for fam in harness.exporter.registry.collect()
-            if fam.name == "fleetmon_outputs_rows_rejected"
-            for s in fam.samples
-            if s.labels["reason"] == reason and s.labels["kind"] == "predictions"
+            v
+            for lab, v in harness.samples("fleetmon_outputs_rows_rejected_total")
+            if lab["reason"] == reason and lab["kind"] == "predictions"
         )
         assert got == n, reason
     act_rejected = {
-        s.labels["reason"]: s.value
-        for fam in harness.exporter.registry.collect()
-        if fam.name == "fleetmon_outputs_rows_rejected"
-        for s in fam.samples
-        if s.labels["kind"] == "actuals"
+        lab["reason"]: v
+        for lab, v in harness.samples("fleetmon_outputs_rows_rejected_total")
+        if lab["kind"] == "actuals"
     }
     assert act_rejected == {"duplicate": 1, "wrong_type": 1, "future_timestamp": 1, "unknown_fleet_key": 1}
     # fleet labels only when the keys are valid fleet keys
@@ -715,9 +731,16 @@ def test_sqlite_source_is_read_incrementally_and_survives_restart(tmp_path: Path
 
 # --------------------------------------------------------------------------------------- exposition
 def test_exposition_passes_promtool_and_building_metadata(tmp_path: Path, harness: Harness) -> None:
-    write_jsonl(tmp_path / "pred" / "p.jsonl", [*forecaster_records("b1", "heating"), "junk"])
+    anomaly = [
+        pred("b1", "heating", "anomaly", NOW - k * H, made=NOW - k * H + 60, score=0.1 * k, flag=0)
+        for k in (1, 2)
+    ]
+    write_jsonl(tmp_path / "pred" / "p.jsonl", [*forecaster_records("b1", "heating"), *anomaly, "junk"])
     write_jsonl(tmp_path / "act" / "a.jsonl", [actual("b1", "heating", NOW - H, 3.0)])
     harness.poll()
+    assert harness.model(
+        "fleetmon_model_anomaly_score_quantile", "b1", "heating", "anomaly", window="24h", q="0.5"
+    )
     assert (
         harness.get(
             "fleetmon_building_info",
@@ -731,7 +754,23 @@ def test_exposition_passes_promtool_and_building_metadata(tmp_path: Path, harnes
         == 1
     )
     assert harness.get("fleetmon_building_volume_cubic_meters", customer="c1", building="b1") == 1200
-    text = generate_latest(harness.exporter.registry)
+    # served over HTTP as Prometheus asks for it: gzip (the live part and the pre-rendered part are
+    # two gzip members) and plain
+    httpd, _ = harness.exporter.serve("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}/metrics"
+        req = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.headers["Content-Encoding"] == "gzip"
+            text = gzip.decompress(r.read())
+        with urllib.request.urlopen(url, timeout=10) as r:
+            plain = r.read()
+        body = harness.collector.prerendered().body
+        assert text.endswith(body) and plain.endswith(body)  # encoded once per poll, served as is
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert b"fleetmon_scrape_collector_success" in text and b"fleetmon_model_mae_joules" in text
     promtool = shutil.which("promtool")
     assert promtool, "promtool is required (scripts/install-system-deps.sh)"
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
