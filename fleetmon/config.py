@@ -338,6 +338,8 @@ class StackConfig(_Model):
     data_dir: Path = Path("var/data")
     # Address the stack's own servers (Prometheus, Alertmanager, ...) listen on; 0.0.0.0 exposes them.
     bind_host: str = "127.0.0.1"
+    # Start the demo: a local MLflow server and the simulator. false: monitor a real deployment.
+    demo: bool = True
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     pushgateway_port: int = 9091

@@ -15,6 +15,10 @@ time recorded when we started it, so a recycled pid is never mistaken for ours a
 such a pid file is stale and is removed. ``up`` twice starts nothing twice. ``down`` stops exactly the
 process groups named by the pid files and checks the ports are free.
 
+With ``stack.demo: false`` (monitoring a real deployment) neither the local MLflow nor the simulator is
+started; with the demo on, the simulator is refused when ``mlflow.tracking_uri`` is not the stack's own
+MLflow, so fake runs can never be written to a real tracking server.
+
 Ports come from the config (``stack:`` and each exporter's ``listen``). ``prometheus/prometheus.yml`` and
 ``alertmanager/alertmanager.yml`` are used as they are when the ports are the defaults they name;
 otherwise a copy with the configured ports is written under ``<stack.data_dir>``.
@@ -35,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 import yaml
@@ -182,6 +187,19 @@ def find_grafana() -> tuple[list[str], Path] | None:
     return None
 
 
+def _demo_mlflow_mismatch(cfg: Config) -> str | None:
+    """The simulator writes fake runs to ``mlflow.tracking_uri``: only ever to the stack's own MLflow."""
+    u = urlsplit(cfg.mlflow.tracking_uri)
+    local = {"127.0.0.1", "localhost", "::1", _probe_host(cfg.stack.bind_host)}
+    if u.hostname in local and u.port == cfg.stack.mlflow_port:
+        return None
+    return (
+        f"mlflow.tracking_uri is {cfg.mlflow.tracking_uri}, not the stack's MLflow on port "
+        f"{cfg.stack.mlflow_port}: the demo simulator would write fake runs there. To monitor a real "
+        "MLflow set stack.demo: false (see docs/configuration.md)"
+    )
+
+
 def _module_missing(module: str) -> str | None:
     try:
         found = importlib.util.find_spec(module) is not None
@@ -205,18 +223,18 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
     data = paths.data_dir
     out: list[Component] = []
 
-    mlflow_data = data / "mlflow"
-    out.append(
-        Component(
-            "mlflow",
-            mlflow_server_argv(host, st.mlflow_port, mlflow_data),
-            tier=1,
-            port=st.mlflow_port,
-            health_url=f"http://{probe}:{st.mlflow_port}/health",
-            url=f"http://{probe}:{st.mlflow_port}",
-            env=dict(MLFLOW_ENV),
+    if st.demo:
+        out.append(
+            Component(
+                "mlflow",
+                mlflow_server_argv(host, st.mlflow_port, data / "mlflow"),
+                tier=1,
+                port=st.mlflow_port,
+                health_url=f"http://{probe}:{st.mlflow_port}/health",
+                url=f"http://{probe}:{st.mlflow_port}",
+                env=dict(MLFLOW_ENV),
+            )
         )
-    )
     am_exe, am_missing = _binary("prometheus-alertmanager")
     if am_missing and shutil.which("alertmanager"):  # the upstream release's name
         am_exe, am_missing = _binary("alertmanager")
@@ -294,14 +312,15 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
             missing=prom_missing,
         )
     )
-    out.append(
-        Component(
-            "simulator",
-            fleetmon_argv("demo", "run", "--config.file", conf),
-            tier=2,
-            missing=_module_missing("simulator.cli"),
+    if st.demo:
+        out.append(
+            Component(
+                "simulator",
+                fleetmon_argv("demo", "run", "--config.file", conf),
+                tier=2,
+                missing=_demo_mlflow_mismatch(cfg) or _module_missing("simulator.cli"),
+            )
         )
-    )
     for name, listen in (
         ("mlflow", cfg.mlflow.listen),
         ("outputs", cfg.outputs.listen),

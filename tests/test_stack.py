@@ -283,3 +283,21 @@ def test_without_grafana_up_says_how_to_get_it(small_stack: Path, monkeypatch: p
     res = stack(small_stack, "up", "--only", "grafana", env={"PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stdout + res.stderr
     assert "docker compose up -d grafana" in res.stdout
+
+
+def test_the_demo_never_writes_to_a_real_mlflow(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    cfg = load_config(path, environ={"MLFLOW_TRACKING_URI": "https://mlflow.example.com"})
+    comps = {c.name: c for c in plan(cfg, Paths.of(cfg))}
+    assert comps["simulator"].missing and "stack.demo: false" in comps["simulator"].missing
+    res = stack(path, "up", "--only", "simulator", env={"MLFLOW_TRACKING_URI": "https://mlflow.example.com"})
+    assert res.returncode == 1 and "would write fake runs there" in res.stdout
+    assert not (tmp_path / "var" / "run" / "simulator.pid").exists()
+    # A real deployment: no local MLflow, no simulator; the monitoring side is unchanged.
+    cfg = load_config(path, environ={"FLEETMON__STACK__DEMO": "false"})
+    names = [c.name for c in plan(cfg, Paths.of(cfg))]
+    assert "mlflow" not in names and "simulator" not in names
+    assert {"prometheus", "alertmanager", "webhook", "exporter-mlflow"} <= set(names)
+    # The demo on the stack's own MLflow is allowed.
+    cfg = load_config(path, environ={"MLFLOW_TRACKING_URI": f"http://localhost:{cfg.stack.mlflow_port}"})
+    assert not next(c for c in plan(cfg, Paths.of(cfg)) if c.name == "simulator").missing
