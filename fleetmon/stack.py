@@ -179,7 +179,8 @@ def find_grafana() -> tuple[list[str], Path] | None:
         if not exe:
             continue
         real = Path(exe).resolve()
-        candidates = [os.environ.get("GRAFANA_HOME", ""), real.parent.parent, "/usr/share/grafana"]
+        # $GRAFANA_HOME, a release tarball (bin/ inside the home), the distribution and Homebrew layouts.
+        candidates = [os.environ.get("GRAFANA_HOME", ""), str(real.parent.parent), "/usr/share/grafana"]
         candidates += ["/usr/local/share/grafana", "/opt/homebrew/share/grafana"]
         for home in candidates:
             if home and (Path(home) / "conf" / "defaults.ini").is_file():

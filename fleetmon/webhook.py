@@ -218,7 +218,7 @@ class Receiver:
     def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 9704) -> None:
         self.store = Store(data_dir)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_MetricsCollector(self.store))  # type: ignore[arg-type]
+        self.registry.register(_MetricsCollector(self.store))
         self.httpd = ThreadingHTTPServer((host, port), _make_handler(self))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
