@@ -245,6 +245,9 @@ class DriftConfig(_Model):
     # Evidently's dataset-drift share (DataDriftPreset drift_share)
     drift_share: float = Field(default=0.5, gt=0, le=1)
     columns: dict[str, DriftColumnOverride] = Field(default_factory=dict)
+    # Columns not tested for drift: calendar features (hour_of_day, day_of_week) differ between a short
+    # current window and a long reference by construction.
+    exclude: list[str] = Field(default_factory=list)
 
 
 class OutputsConfig(_Model):

@@ -250,3 +250,28 @@ def test_drift_report_writes_evidentlys_html_for_one_building_and_model(tmp_path
         )
         == 2
     )
+
+
+def test_jobs_use_the_windows_columns_and_exclusions_of_the_config(tmp_path: Path) -> None:
+    from fleetmon.outputs.drift_jobs import build_jobs
+
+    now = 1_800_000_000.0
+    recs, frames = generate(now)
+    write(tmp_path, recs)
+    out = outputs_cfg(tmp_path, "evidently")
+    out["drift"]["exclude"] = ["occ"]
+    cfg = Config.model_validate({"fleet": FLEET, "outputs": out})
+    pipeline = OutputsPipeline(cfg, clock=lambda: now)
+    try:
+        pipeline.ingest()
+        jobs = build_jobs(pipeline.store.snapshot(now), pipeline.fleet, FEATURES, cfg.outputs.drift, now)
+    finally:
+        pipeline.close()
+    assert len(jobs.jobs) == 4 and not jobs.skipped
+    for job in jobs.jobs:
+        want = frames[(job.key.energy, job.key.model)]
+        cols = ["temp", "prediction" if job.key.model == "forecast" else "anomaly_score"]
+        assert job.numerical == cols
+        pd.testing.assert_frame_equal(job.reference, want["reference"][cols].reset_index(drop=True))
+        pd.testing.assert_frame_equal(job.current, want["current"][cols].reset_index(drop=True))
+        assert set(job.overrides) == ({"prediction"} if job.key.model == "forecast" else set())

@@ -1,7 +1,8 @@
 """The per-model ``DriftJob``s of one drift cycle, from the in-memory window (or a fixed reference file).
 
 Columns: the configured features plus the model's output, ``prediction`` for forecasters and
-``anomaly_score`` for anomaly detectors, all numerical (types are given, not inferred). Windows are by
+``anomaly_score`` for anomaly detectors, all numerical (types are given, not inferred), less
+``drift.exclude``. Windows are by
 ``made_at`` (what the model saw when it predicted):
 
 - ``reference: rolling``: reference = ``[now - current - reference, now - current)``, current =
@@ -129,7 +130,7 @@ def build_jobs(
     for mid, key in enumerate(fleet.models):
         lo, hi = bounds[mid], bounds[mid + 1]
         out_col = output_column(fleet, mid)
-        cols = [*features, out_col]
+        cols = [c for c in (*features, out_col) if c not in drift.exclude]
         idx = [names.index(c) for c in cols]
         m_made = made[lo:hi]
         c_lo = lo + np.searchsorted(m_made, cur_start, side="left")
