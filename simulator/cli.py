@@ -62,8 +62,9 @@ def cmd_fleet(argv: Sequence[str]) -> int:
     if args.out:
         out = Path(args.out)
     else:
-        fleet = raw.get("fleet") if isinstance(raw.get("fleet"), dict) else {}
-        inc = Path(str(fleet.get("include") or "demo-fleet.yml"))
+        fleet = raw.get("fleet")
+        include = fleet.get("include") if isinstance(fleet, dict) else None
+        inc = Path(str(include or "demo-fleet.yml"))
         out = inc if inc.is_absolute() else path.resolve().parent / inc
     try:
         customers = generate_fleet(seed, n_c, n_b)

@@ -28,7 +28,7 @@ from simulator.incidents import Incident
 
 APPS = ("api", "gateway", "mlflow", "model-serving", "training-api", "training-processor")
 DEFAULT_MAX_BYTES = 4_000_000
-CRI_MAX_LINE = 160  # CRI splits longer lines into partial records (real runtimes at 16 KiB)
+CRI_MAX_LINE = 300  # CRI splits longer lines into partial records (real runtimes at 16 KiB)
 
 
 # ------------------------------------------------------------------------------------------ times
@@ -436,7 +436,9 @@ class Platform:
             )
         for t in self._times(t0, t1, 0.05):
             # a long debug line: the CRI runtime splits it into partial records
-            payload = json.dumps({"features": [f"f{i}" for i in range(24)], "rows": rng.randint(1000, 9000)})
+            payload = json.dumps(
+                {"features": [f"feature_{i:02d}" for i in range(40)], "rows": rng.randint(1000, 9000)}
+            )
             self.app_log("training-processor", t, "DEBUG", "trainer.data", f"dataset summary {payload}")
 
     def _background_errors(self, t0: float, t1: float) -> None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fleetmon.config import FleetConfig, load_config
@@ -55,7 +56,9 @@ def test_large_fleet_for_benchmarks() -> None:
 
 def test_committed_fleet_file_is_the_generated_one(tmp_path: Path) -> None:
     out = tmp_path / "fleet.yml"
-    assert demo_main(["fleet", "--config.file", str(ROOT / "config" / "fleetmon.yml"), "--out", str(out)]) == 0
+    assert (
+        demo_main(["fleet", "--config.file", str(ROOT / "config" / "fleetmon.yml"), "--out", str(out)]) == 0
+    )
     assert out.read_text() == (ROOT / "config" / "demo-fleet.yml").read_text()
     cfg = load_config(ROOT / "config" / "fleetmon.yml", {})
     assert len(cfg.fleet.buildings()) == cfg.demo.buildings
@@ -67,7 +70,15 @@ def test_fleet_command_writes_the_config_include_without_needing_it(tmp_path: Pa
         "fleet: {include: my-fleet.yml}\ndemo: {seed: 3, customers: 2, buildings: 3}\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "fleetmon.cli", "demo", "fleet", "--config.file", str(tmp_path / "fleetmon.yml")],
+        [
+            sys.executable,
+            "-m",
+            "fleetmon.cli",
+            "demo",
+            "fleet",
+            "--config.file",
+            str(tmp_path / "fleetmon.yml"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -77,7 +88,9 @@ def test_fleet_command_writes_the_config_include_without_needing_it(tmp_path: Pa
     assert [b.id for _, b in cfg.fleet.buildings()] == ["c01-b001", "c01-b002", "c02-b001"]
 
 
-def test_bad_demo_section_is_refused_with_file_and_key(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_demo_section_is_refused_with_file_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     p = tmp_path / "fleetmon.yml"
     p.write_text("demo: {buildings: lots}\n")
     assert demo_main(["fleet", "--config.file", str(p), "--out", str(tmp_path / "f.yml")]) == 2
