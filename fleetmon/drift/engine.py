@@ -209,7 +209,7 @@ def _build_reference(job: DriftJob) -> _RefEntry:
     ref = job.reference
     cols = [c for c in job.numerical if c in ref.columns]
     kinds = [_fast_kind(ref[c]) for c in cols]
-    raw = _column_matrix(ref, cols, kinds)
+    raw = np.sort(_column_matrix(ref, cols, kinds), axis=1)  # NaN sort last, -inf first
     n = raw.shape[1]
     vals = np.empty(len(cols) * n, np.float64)
     cnts = np.empty(len(cols) * n, np.int64)
@@ -333,6 +333,7 @@ class FleetDriftEngine:
         if fast:
             ncols = len(num.columns)
             res = np.empty((ncols, K.N_OUT), np.float64)
+            cur.sort(axis=1)  # numpy's sort (NaN last), GIL released
             K.numeric_kernel(num.vals, num.cnts, num.offs, num.stats, cur, cur.shape[1], res)
         for ci, c in enumerate(num.columns):
             if c in fast and res is not None:
