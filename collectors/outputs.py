@@ -233,16 +233,16 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
         "Prediction records accepted for the model (not re-counted after a restart).",
         labels=FLEET,
     )
-    for i, v in enumerate(p.store.predictions_total):
-        c.add_metric(labels[i], float(v))
+    for k, v in enumerate(p.store.predictions_total):
+        c.add_metric(labels[k], float(v))
     out.append(c)
     c = CounterMetricFamily(
         "fleetmon_building_actuals",
         "Actual records accepted for the building and energy type.",
         labels=BE,
     )
-    for i, be in enumerate(fleet.be):
-        c.add_metric(list(be), float(p.store.actuals_total[i]))
+    for k, be in enumerate(fleet.be):
+        c.add_metric(list(be), float(p.store.actuals_total[k]))
     out.append(c)
     g = GaugeMetricFamily(
         "fleetmon_outputs_schema_mismatch",
@@ -250,9 +250,9 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
         "prediction rows; non-zero means the model's input schema changed (those rows are rejected).",
         labels=[*FLEET, "kind"],
     )
-    for i in range(len(labels)):
-        g.add_metric([*labels[i], "missing"], float(p.store.schema_missing[i]))
-        g.add_metric([*labels[i], "unexpected"], float(p.store.schema_unexpected[i]))
+    for k in range(len(labels)):
+        g.add_metric([*labels[k], "missing"], float(p.store.schema_missing[k]))
+        g.add_metric([*labels[k], "unexpected"], float(p.store.schema_unexpected[k]))
     out.append(g)
     return out
 
@@ -297,7 +297,7 @@ def ingest_families(p: OutputsPipeline) -> list[Metric]:
         if hasattr(src, "glob"):
             info.add_metric([name, kind, src.format, src.glob], 1.0)  # type: ignore[union-attr]
         else:
-            info.add_metric([name, kind, "sql", _safe_url(src.url)], 1.0)  # type: ignore[union-attr]
+            info.add_metric([name, kind, "sql", _safe_url(src.url)], 1.0)
     out += [up, errors, files, rows, info]
     n_pred, n_act = p.store.rows()
     g = GaugeMetricFamily(

@@ -44,7 +44,7 @@ class _Fixed:
 
 def render_families(families: list[Metric], compresslevel: int = 6) -> Rendered:
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(_Fixed(families))  # type: ignore[arg-type]
+    reg.register(_Fixed(families))
     body = generate_latest(reg)
     return Rendered(
         body, gzip.compress(body, compresslevel=compresslevel, mtime=0), sum(len(f.samples) for f in families)
@@ -74,7 +74,7 @@ class PrerenderingExporter(Exporter):
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             if environ.get("PATH_INFO", "/") != "/metrics":
-                return base(environ, start_response)  # type: ignore[no-any-return]
+                return base(environ, start_response)
             gz = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "").lower()
             body = self.exposition(gzipped=gz)
             headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
