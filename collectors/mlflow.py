@@ -173,12 +173,22 @@ class MlflowCollector:
                 self._up = 0.0
                 self._recovering_logged = False
                 raise  # the framework logs the cause once and records fleetmon_poll_success 0
+            except Exception:
+                # Not MLflow's fault (an answer we did not foresee): the state may be half-applied, so the
+                # next poll reads everything again.
+                self._up = 0.0
+                self._synced = False
+                raise
             if full:
                 self._synced = True
                 self._last_full_monotonic = time.monotonic()
             self._watermark_ms = start_ms
             mode = "full" if full else "incremental"
-            self._last_poll[mode] = (self.client.request_count() - req0, time.perf_counter() - t0)
+            # replaced, not mutated: a scrape may be iterating the old dict
+            self._last_poll = {
+                **self._last_poll,
+                mode: (self.client.request_count() - req0, time.perf_counter() - t0),
+            }
             self._families = self._build_families()
             if self._up == 0.0 and self._last_success_ts is not None and not self._recovering_logged:
                 log.info("MLflow at %s answers again", self.m.tracking_uri)
@@ -188,29 +198,31 @@ class MlflowCollector:
 
     # ----------------------------------------------------------------------------------- full read
     def _poll_full(self) -> None:
-        """Read everything into fresh state; the old state is kept until every request succeeded."""
-        exps = {str(e["experiment_id"]) for e in self.client.search_experiments() if "experiment_id" in e}
-        raw_runs: list[dict[str, Any]] = []
-        for page in self.client.search_runs(sorted(exps)):
-            raw_runs.extend(page)
-        raw_models = self._fetch_registered_models()
-        raw_versions: list[dict[str, Any]] = []
-        for page in self.client.search_model_versions():
-            raw_versions.extend(page)
-
-        # every request succeeded: build and swap
+        """Read everything into fresh state; if any request fails, the previous state is put back."""
+        saved = (self._experiments, self._runs, self._runs_by_key, self._run_agg, self._models)
         quarantine: list[dict[str, Any]] = []
-        self._experiments = exps
-        self._runs = {}
-        self._runs_by_key = defaultdict(set)
-        self._run_agg = {}
-        for raw in raw_runs:
-            self._ingest_run(raw, quarantine)
+        try:
+            self._experiments = {
+                str(e["experiment_id"]) for e in self.client.search_experiments() if "experiment_id" in e
+            }
+            self._runs, self._runs_by_key, self._run_agg = {}, defaultdict(set), {}
+            # Each page is parsed into compact records as it arrives: 40,000 runs of raw JSON held at once
+            # would cost the exporter hundreds of MiB.
+            for page in self.client.search_runs(sorted(self._experiments)):
+                for raw in page:
+                    self._ingest_run(raw, quarantine)
+            raw_models = self._fetch_registered_models()
+            raw_versions: list[dict[str, Any]] = []
+            for page in self.client.search_model_versions():
+                raw_versions.extend(page)
+        except BaseException:
+            self._experiments, self._runs, self._runs_by_key, self._run_agg, self._models = saved
+            raise
         for key in list(self._runs_by_key):
             self._aggregate(key)
         self._models = {}
         self._apply_registered_models(raw_models, quarantine)
-        self._apply_versions(raw_versions, replace=set(self._models))
+        self._apply_versions(raw_versions, set(self._models), quarantine)
         self._write_quarantine(quarantine)
 
     # ---------------------------------------------------------------------------- incremental read
@@ -268,7 +280,7 @@ class MlflowCollector:
         for key in dirty:
             self._aggregate(key)
         self._apply_registered_models(raw_models, quarantine)
-        self._apply_versions(raw_versions, replace=set(changed))
+        self._apply_versions(raw_versions, set(changed), quarantine)
         self._write_quarantine(quarantine)
 
     def _fetch_registered_models(self) -> list[dict[str, Any]]:
@@ -303,7 +315,7 @@ class MlflowCollector:
         return {old.key}
 
     def _parse_run(self, raw: dict[str, Any]) -> RunRec:
-        info = raw.get("info")
+        info = raw.get("info") if isinstance(raw, dict) else None
         if not isinstance(info, dict):
             raise _Malformed("run has no info object")
         rid = _run_id(raw)
@@ -431,7 +443,9 @@ class MlflowCollector:
             return self.name_to_key[name], None
         return None, "no_fleet_mapping"
 
-    def _apply_versions(self, raw_versions: list[dict[str, Any]], replace: set[str]) -> None:
+    def _apply_versions(
+        self, raw_versions: list[dict[str, Any]], replace: set[str], quarantine: list[dict[str, Any]]
+    ) -> None:
         """Versions of the models in ``replace`` are replaced by what was read (exact: deletions too)."""
         fresh: dict[str, dict[int, VersionRec]] = {n: {} for n in replace}
         for raw in raw_versions:
@@ -447,8 +461,11 @@ class MlflowCollector:
                     run_id=str(raw.get("run_id") or ""),
                     flavor=tags.get(self.m.flavor_tag, ""),
                 )
-            except (KeyError, TypeError, ValueError, AttributeError):
-                log.warning("skipping malformed model version of %s: %.200r", name, raw)
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
+                vid = f"{name}/{raw.get('version')}"
+                quarantine.append(
+                    {"kind": "model_version", "id": vid, "reason": "malformed", "detail": str(e)}
+                )
                 continue
             if v.stage.startswith("deleted"):
                 continue
@@ -624,6 +641,14 @@ class MlflowCollector:
         for (endpoint, code), n in sorted(self.client.counts().items()):
             req.add_metric([endpoint, code], float(n))
         yield req
+        secs = CounterMetricFamily(
+            "fleetmon_mlflow_request_seconds",
+            "Seconds spent in HTTP requests to MLflow, by endpoint (divide by requests for the mean latency).",
+            labels=["endpoint"],
+        )
+        for endpoint, t in sorted(self.client.seconds().items()):
+            secs.add_metric([endpoint], t)
+        yield secs
         last_req = GaugeMetricFamily(
             "fleetmon_mlflow_last_poll_requests",
             "MLflow requests made by the last successful poll of each mode (full or incremental).",

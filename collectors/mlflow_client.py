@@ -67,6 +67,8 @@ class MlflowRest:
         self._lock = threading.Lock()
         # (endpoint, code) -> attempts since start; ``code`` is the HTTP status or "error" (no answer).
         self.requests_total: Counter[tuple[str, str]] = Counter()
+        # endpoint -> seconds spent waiting for MLflow (answers and failures alike)
+        self.seconds_total: Counter[str] = Counter()
 
     def close(self) -> None:
         self.session.close()
@@ -79,9 +81,14 @@ class MlflowRest:
         with self._lock:
             return dict(self.requests_total)
 
-    def _count(self, endpoint: str, code: str) -> None:
+    def seconds(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self.seconds_total)
+
+    def _count(self, endpoint: str, code: str, started: float) -> None:
         with self._lock:
             self.requests_total[(endpoint, code)] += 1
+            self.seconds_total[endpoint] += time.perf_counter() - started
 
     # ---------------------------------------------------------------------------------------- core
     def call(
@@ -99,21 +106,23 @@ class MlflowRest:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
+            started = time.perf_counter()
             try:
                 resp = self.session.request(method, url, params=params, json=body, timeout=self.timeout)
+                content = resp.content  # read the body inside the timing and the error handling
             except requests.Timeout:
-                self._count(endpoint, "error")
+                self._count(endpoint, "error", started)
                 last = f"no answer from {self.base_url} within {self.timeout:g}s"
                 continue
             except requests.ConnectionError as e:
-                self._count(endpoint, "error")
+                self._count(endpoint, "error", started)
                 last = f"cannot connect to {self.base_url} ({_root_cause(e)})"
                 continue
             except requests.RequestException as e:
-                self._count(endpoint, "error")
+                self._count(endpoint, "error", started)
                 last = f"request to {self.base_url} failed ({type(e).__name__})"
                 continue
-            self._count(endpoint, str(resp.status_code))
+            self._count(endpoint, str(resp.status_code), started)
             if resp.status_code in RETRY_STATUS:
                 last = f"HTTP {resp.status_code} from {url}"
                 resp.close()
@@ -124,8 +133,8 @@ class MlflowRest:
                     f"failed to {what}: HTTP {resp.status_code} from {url}: {_mlflow_message(resp)}"
                 )
             try:
-                data = resp.json()
-            except (ValueError, json.JSONDecodeError):
+                data = json.loads(content)
+            except ValueError:
                 last = f"malformed JSON from {url}"
                 continue
             if not isinstance(data, dict):
@@ -153,8 +162,8 @@ class MlflowRest:
             else:
                 data = self.call("POST", endpoint, what, body=a)
             items = data.get(key, [])
-            if not isinstance(items, list):
-                raise MlflowError(f"failed to {what}: malformed answer ({key!r} is not a list)")
+            if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+                raise MlflowError(f"failed to {what}: malformed answer ({key!r} is not a list of objects)")
             yield items
             token = data.get("next_page_token") or None
             if not token:

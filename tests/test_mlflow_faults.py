@@ -32,7 +32,7 @@ from fleetmon.procs import free_port, spawn, start_mlflow_server, stop_group, wa
 class FaultProxy:
     """A tiny HTTP proxy in front of MLflow whose ``mode`` injects faults.
 
-    pass: forward; 500: answer 500; garbage: 200 with a body that is not JSON; slow: sleep, then forward;
+    pass: forward; 500: answer 500 (500_runs: only to runs/search); garbage: 200 with a body that is not JSON; slow: sleep, then forward;
     bad_run: forward, and add a run without a status to every runs/search answer.
     """
 
@@ -52,7 +52,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 mode = proxy.mode
-                if mode == "500":
+                if mode == "500" or (mode == "500_runs" and "runs/search" in self.path):
                     return self._send(500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}')
                 if mode == "garbage":
                     return self._send(200, b"<html>502 bad gateway, but with status 200</html>")
@@ -281,3 +281,38 @@ def test_exporter_process_survives_mlflow_restart(tmp_path: Path) -> None:
         if exporter is not None:
             stop_group(exporter)
         stop_group(server)
+
+
+def test_failed_full_read_keeps_the_previous_state(proxy: FaultProxy, tmp_path: Path) -> None:
+    """Every poll full (full_resync_seconds 0): a full read failing half-way must not wipe the state."""
+    cust = f"g{uuid.uuid4().hex[:8]}"
+    key = seed_run(proxy.upstream, cust)
+    cfg = Config(
+        fleet=fleet(cust),
+        mlflow=MlflowConfig(
+            tracking_uri=proxy.url,
+            max_retries=0,
+            full_resync_seconds=0,
+            quarantine_file=tmp_path / "q.jsonl",
+        ),
+    )
+    coll = MlflowCollector(cfg)
+    exp = Exporter("mlflow", {"mlflow": coll})
+    finished = {**key, "status": "finished"}
+    try:
+        assert exp.poll_once("mlflow")
+        assert exp.registry.get_sample_value("fleetmon_mlflow_runs", finished) == 1
+        proxy.mode = "500_runs"  # experiments answer, runs fail: the new state would be empty
+        assert not exp.poll_once("mlflow")
+        assert exp.registry.get_sample_value("fleetmon_mlflow_up") == 0
+        assert exp.registry.get_sample_value("fleetmon_mlflow_runs", finished) == 1
+        assert coll._runs, "the previous state was put back"
+        proxy.mode = "pass"
+        assert exp.poll_once("mlflow")
+        assert exp.registry.get_sample_value("fleetmon_mlflow_runs", finished) == 1
+        assert (
+            exp.registry.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
+            is None
+        )
+    finally:
+        exp.stop()
