@@ -54,7 +54,7 @@ def fleet_config(buildings: int, url: str, quarantine: Path) -> Config:
 
 
 # ------------------------------------------------------------------------------------------ populate
-def populate(db: Path, cfg: Config, runs_per_model: int, versions_per_model: int) -> dict[str, int]:
+def populate(db: Path, cfg: Config, runs_per_model: int, versions_per_model: int) -> dict[str, float]:
     """Fill a fresh MLflow sqlite database (schema by MLflow itself) with the fleet's history."""
     import sqlalchemy as sa
     from mlflow.store.model_registry.dbmodels.models import (
@@ -114,15 +114,15 @@ def populate(db: Path, cfg: Config, runs_per_model: int, versions_per_model: int
                     for k, v in params.items():
                         rows["params"].append({"key": k, "value": v, "run_uuid": rid})
                     if status != "RUNNING":
-                        metrics = {
+                        metrics: dict[str, float] = {
                             "mae": rng.uniform(0.5, 5), "rmse": rng.uniform(1, 7), "mape": rng.uniform(0.02, 0.3),
                             "training_duration_seconds": dur / 1000 * 0.9,
                             "inference_duration_seconds": rng.uniform(0.01, 0.4),
                         }  # fmt: skip
-                        for k, v in metrics.items():
+                        for k, mv in metrics.items():
                             m = {
                                 "key": k,
-                                "value": v,
+                                "value": mv,
                                 "timestamp": end,
                                 "step": 0,
                                 "is_nan": False,

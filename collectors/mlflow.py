@@ -272,11 +272,11 @@ class MlflowCollector:
         for raw in raw_runs:
             dirty |= self._ingest_run(raw, quarantine)
         for rid in vanished:
-            raw = found.get(rid)
-            if raw is None or (raw.get("info") or {}).get("lifecycle_stage") == "deleted":
+            got = found.get(rid)
+            if got is None or (got.get("info") or {}).get("lifecycle_stage") == "deleted":
                 dirty |= self._drop_run(rid)
             else:
-                dirty |= self._ingest_run(raw, quarantine)
+                dirty |= self._ingest_run(got, quarantine)
         for key in dirty:
             self._aggregate(key)
         self._apply_registered_models(raw_models, quarantine)
@@ -435,9 +435,9 @@ class MlflowCollector:
     def _model_key(self, name: str, tags: dict[str, str]) -> tuple[Key | None, str | None]:
         values = [tags.get(self.m.tag_keys[label]) for label in FLEET_LABELS]
         if all(values):  # tags win over the name pattern
-            key = tuple(values)
+            key = (values[0], values[1], values[2], values[3])
             if key in self.fleet:
-                return key, None  # type: ignore[return-value]
+                return key, None
             return None, "unknown_fleet_key"
         if name in self.name_to_key:
             return self.name_to_key[name], None
@@ -641,14 +641,14 @@ class MlflowCollector:
         for (endpoint, code), n in sorted(self.client.counts().items()):
             req.add_metric([endpoint, code], float(n))
         yield req
-        secs = CounterMetricFamily(
+        spent = CounterMetricFamily(
             "fleetmon_mlflow_request_seconds",
             "Seconds spent in HTTP requests to MLflow, by endpoint (divide by requests for the mean latency).",
             labels=["endpoint"],
         )
         for endpoint, t in sorted(self.client.seconds().items()):
-            secs.add_metric([endpoint], t)
-        yield secs
+            spent.add_metric([endpoint], t)
+        yield spent
         last_req = GaugeMetricFamily(
             "fleetmon_mlflow_last_poll_requests",
             "MLflow requests made by the last successful poll of each mode (full or incremental).",

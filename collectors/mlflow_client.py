@@ -68,7 +68,7 @@ class MlflowRest:
         # (endpoint, code) -> attempts since start; ``code`` is the HTTP status or "error" (no answer).
         self.requests_total: Counter[tuple[str, str]] = Counter()
         # endpoint -> seconds spent waiting for MLflow (answers and failures alike)
-        self.seconds_total: Counter[str] = Counter()
+        self.seconds_total: dict[str, float] = {}
 
     def close(self) -> None:
         self.session.close()
@@ -88,7 +88,9 @@ class MlflowRest:
     def _count(self, endpoint: str, code: str, started: float) -> None:
         with self._lock:
             self.requests_total[(endpoint, code)] += 1
-            self.seconds_total[endpoint] += time.perf_counter() - started
+            self.seconds_total[endpoint] = (
+                self.seconds_total.get(endpoint, 0.0) + time.perf_counter() - started
+            )
 
     # ---------------------------------------------------------------------------------------- core
     def call(

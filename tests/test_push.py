@@ -119,7 +119,10 @@ def test_command_line_entry_point(gateway: str) -> None:
     assert out.returncode == 0, out.stderr
     s = scrape(gateway)
     # no fleet labels: a fleet-wide group
-    assert s[("fleetmon_batch_job_duration_seconds", frozenset({("job", "benchmarking"), ("instance", "")}))] == 1.5
+    assert (
+        s[("fleetmon_batch_job_duration_seconds", frozenset({("job", "benchmarking"), ("instance", "")}))]
+        == 1.5
+    )
 
 
 def test_unreachable_gateway_and_bad_input(caplog: pytest.LogCaptureFixture) -> None:
