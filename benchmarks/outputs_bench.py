@@ -116,8 +116,8 @@ def run(buildings: int, hours: int, evidently_sample: int, scrapes: int) -> None
     from collectors.outputs import DriftCollector, OutputsCollector, ingest_families, quality_families
     from fleetmon.config import Config
     from fleetmon.drift.evidently_backend import EvidentlyBackend
+    from fleetmon.exporter import Exporter
     from fleetmon.outputs.drift_jobs import build_jobs
-    from fleetmon.outputs.exposition import PrerenderingExporter
     from fleetmon.outputs.pipeline import OutputsPipeline
 
     with tempfile.TemporaryDirectory(prefix="outputs-bench-") as tmpdir:
@@ -170,7 +170,7 @@ def run(buildings: int, hours: int, evidently_sample: int, scrapes: int) -> None
         pipeline = OutputsPipeline(cfg, clock=lambda: clock[0])
         outputs = OutputsCollector(cfg, pipeline)
         drift = DriftCollector(cfg, pipeline)
-        exp = PrerenderingExporter("outputs", {"outputs": outputs, "drift": drift})
+        exp = Exporter("outputs", {"outputs": outputs, "drift": drift})
         try:
             t_load, _ = _timed(outputs.poll)
             print(f"initial load (first poll: read history, quality, render): {t_load:8.3f} s")

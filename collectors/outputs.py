@@ -25,9 +25,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from fleetmon.config import Config
 from fleetmon.drift.render import render as render_drift
-from fleetmon.exporter import FLEET_LABELS, register
+from fleetmon.exporter import FLEET_LABELS, Rendered, register, render_families
 from fleetmon.outputs.drift_jobs import JobSet, ReferenceFiles, build_jobs
-from fleetmon.outputs.exposition import Rendered, render_families
 from fleetmon.outputs.pipeline import OutputsPipeline
 from fleetmon.outputs.quality import Quality
 

@@ -53,6 +53,8 @@ def exporter_main(
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # APScheduler logs every job run at INFO; our own poll health is in the metrics and logged on change.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config_file)
     except ConfigError as e:

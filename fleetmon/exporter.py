@@ -8,11 +8,16 @@
   ``fleetmon_scrape_collector_success`` / ``fleetmon_scrape_collector_duration_seconds`` on every scrape and
   ``fleetmon_poll_success`` / ``fleetmon_poll_duration_seconds`` /
   ``fleetmon_poll_last_success_timestamp_seconds`` for the background work.
+- A collector with many series may also offer ``prerendered()``: its series encoded (and gzipped) once per
+  poll (``render_families``). ``/metrics`` is the registry's output followed by those bytes, so a scrape of
+  100,000+ cached series is a copy, not a re-encoding. Families never repeat across the parts, so the
+  concatenation is a valid text exposition; gzip members concatenate into a valid gzip stream (RFC 1952).
 - ``serve()`` runs the HTTP server: ``/metrics``, a landing page at ``/`` and ``/-/healthy``.
 """
 
 from __future__ import annotations
 
+import gzip
 import logging
 import threading
 import time
@@ -22,9 +27,9 @@ from typing import Any, ClassVar, Protocol
 from wsgiref.simple_server import make_server
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, generate_latest
 
 from fleetmon.config import Config
 
@@ -51,6 +56,35 @@ class CollectorSpec:
 
 
 COLLECTORS: dict[str, CollectorSpec] = {}
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Series encoded once: the text exposition and its gzip member."""
+
+    body: bytes
+    gzipped: bytes
+    series: int
+
+
+class _Fixed:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+def render_families(families: list[Metric], compresslevel: int = 6) -> Rendered:
+    """Encode metric families once (for a collector's ``prerendered()``)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(_Fixed(families))
+    body = generate_latest(reg)
+    return Rendered(
+        body, gzip.compress(body, compresslevel=compresslevel, mtime=0), sum(len(f.samples) for f in families)
+    )
 
 
 def register(name: str, *, default_enabled: bool = True, help: str = "") -> Callable[[Any], Any]:
@@ -145,7 +179,7 @@ class Exporter:
         self.collectors = collectors
         self.poll_states: dict[str, _PollState] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_HealthCollector(self))  # type: ignore[arg-type]
+        self.registry.register(_HealthCollector(self))
         self._scheduler: BackgroundScheduler | None = None
         self._locks: dict[str, threading.Lock] = {}
 
@@ -201,14 +235,37 @@ class Exporter:
                 close()
 
     # ------------------------------------------------------------------------------------ serving
+    def prerendered_parts(self) -> list[Any]:
+        """The ``prerendered()`` output (body + gzipped) of every collector that offers it."""
+        parts = []
+        for coll in self.collectors.values():
+            fn = getattr(coll, "prerendered", None)
+            part = fn() if fn is not None else None
+            if part is not None:
+                parts.append(part)
+        return parts
+
+    def exposition(self, gzipped: bool = False) -> bytes:
+        """The whole ``/metrics`` body: the registry's live output, then each collector's pre-rendered bytes."""
+        live = generate_latest(self.registry)
+        parts = self.prerendered_parts()
+        if not gzipped:
+            return live + b"".join(p.body for p in parts)
+        return gzip.compress(live, compresslevel=6, mtime=0) + b"".join(p.gzipped for p in parts)
+
     def wsgi_app(self) -> Callable[..., Iterable[bytes]]:
-        metrics_app = make_wsgi_app(self.registry)
         landing = _landing_page(self.name, self.collectors).encode()
 
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "/")
             if path == "/metrics":
-                return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+                gz = "gzip" in environ.get("HTTP_ACCEPT_ENCODING", "").lower()
+                body = self.exposition(gzipped=gz)
+                headers = [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
+                if gz:
+                    headers.append(("Content-Encoding", "gzip"))
+                start_response("200 OK", headers)
+                return [body]
             if path == "/":
                 start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
                 return [landing]

@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collectors.outputs import J_PER_KWH, OutputsCollector
 from fleetmon.config import Config
-from fleetmon.outputs.exposition import PrerenderingExporter
+from fleetmon.exporter import Exporter
 from fleetmon.outputs.pipeline import OutputsPipeline
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -165,7 +165,7 @@ class Harness:
         self.now = now
         self.pipeline = OutputsPipeline(cfg, clock=lambda: self.now)
         self.collector = OutputsCollector(cfg, self.pipeline)
-        self.exporter = PrerenderingExporter("outputs", {"outputs": self.collector})
+        self.exporter = Exporter("outputs", {"outputs": self.collector})
         self._parsed: dict[str, list[tuple[dict[str, str], float]]] | None = None
 
     def poll(self) -> None:

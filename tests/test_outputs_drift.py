@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collectors.outputs import DriftCollector, OutputsCollector
 from fleetmon.config import Config, ModelKey
 from fleetmon.drift.types import DriftJob
-from fleetmon.outputs.exposition import PrerenderingExporter
+from fleetmon.exporter import Exporter
 from fleetmon.outputs.pipeline import OutputsPipeline
 
 H = 3600.0
@@ -105,7 +105,7 @@ def write(tmp: Path, recs: list[dict[str, Any]]) -> None:
         f.writelines(json.dumps(r) + "\n" for r in recs)
 
 
-def value(exp: PrerenderingExporter, name: str, **labels: str) -> float | None:
+def value(exp: Exporter, name: str, **labels: str) -> float | None:
     for fam in text_string_to_metric_families(exp.exposition().decode()):
         for s in fam.samples:
             if s.name == name and s.labels == labels:
@@ -128,7 +128,7 @@ def test_shifted_feature_drifts_for_that_model_only_with_evidentlys_numbers(
     cfg = Config.model_validate({"fleet": FLEET, "outputs": outputs_cfg(tmp_path, engine)})
     pipeline = OutputsPipeline(cfg, clock=lambda: now)
     drift = DriftCollector(cfg, pipeline)
-    exp = PrerenderingExporter("outputs", {"outputs": OutputsCollector(cfg, pipeline), "drift": drift})
+    exp = Exporter("outputs", {"outputs": OutputsCollector(cfg, pipeline), "drift": drift})
     try:
         assert exp.poll_once("outputs")
         assert exp.poll_once("drift"), exp.poll_states["drift"].last_error
@@ -201,7 +201,7 @@ def test_drift_collector_survives_a_failing_backend_and_keeps_the_last_results(t
     cfg = Config.model_validate({"fleet": FLEET, "outputs": outputs_cfg(tmp_path, "evidently")})
     pipeline = OutputsPipeline(cfg, clock=lambda: now)
     backend = Flaky()
-    exp = PrerenderingExporter(
+    exp = Exporter(
         "outputs",
         {"outputs": OutputsCollector(cfg, pipeline), "drift": DriftCollector(cfg, pipeline, backend)},
     )
