@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
+from fleetmon.config import Config, DemoConfig, load_config
 from fleetmon.procs import free_port, start_mlflow_server, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,3 +37,169 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_group(proc)
+
+
+# ------------------------------------------------------------------------------------ demo_stack
+# The whole native stack (`fleetmon stack up`) on the demo fleet, once per session, on free ports under a
+# temporary directory (the approach of tests/test_stack_e2e.py, copied, not imported). Tuned for tests:
+# the demo's first incidents start soon and last a few minutes, Prometheus evaluates rules every 5 s and
+# Alertmanager groups within seconds, so alerts fire, notify and resolve within a short test.
+DEMO_STACK_TUNING = {
+    # demo: section of the config copy
+    "demo": {"first_incident_after_seconds": 20, "incident_duration_seconds": [150, 200]},
+    # rewritten into the stack's rendered prometheus.yml / alertmanager.yml, then reloaded
+    "prometheus_global": {"evaluation_interval": "5s", "scrape_interval": "5s", "scrape_timeout": "4s"},
+    "alertmanager_route": {"group_wait": "5s", "group_interval": "10s", "repeat_interval": "1h"},
+}
+
+
+@dataclass
+class DemoStack:
+    cfg: Config  # the loaded config copy (fleet, ports, paths)
+    config_path: Path
+    state_dir: Path  # pid files, logs and data: state_dir/run, state_dir/log, state_dir/data
+    demo_dir: Path  # simulator output: outputs/, logs/, ground_truth.jsonl
+    started_at: float  # unix time when `stack up` returned (all components healthy)
+    prometheus_url: str
+    alertmanager_url: str
+    webhook_url: str
+    pushgateway_url: str
+    mlflow_url: str
+
+    def ground_truth(self) -> list[dict[str, Any]]:
+        path = self.demo_dir / "ground_truth.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query against the stack's Prometheus; the `result` list."""
+        return _get_json(self.prometheus_url, "/api/v1/query", query=promql)["data"]["result"]
+
+
+def _get_json(base: str, path: str, **params: str) -> Any:
+    url = base + path + ("?" + urllib.parse.urlencode(params) if params else "")
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str) -> None:
+    req = urllib.request.Request(url, method="POST", data=b"")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+
+
+def _demo_stack_config(tmp: Path) -> Path:
+    conf_dir = tmp / "config"
+    conf_dir.mkdir()
+    doc = yaml.safe_load((ROOT / "config" / "fleetmon.yml").read_text())
+    include = doc.get("fleet", {}).get("include")
+    if include:
+        shutil.copy(ROOT / "config" / include, conf_dir / include)
+    for section in ("mlflow", "outputs", "platform"):
+        doc[section]["listen"]["port"] = free_port()
+    stack = doc.setdefault("stack", {})
+    for key in (
+        "prometheus_port",
+        "alertmanager_port",
+        "pushgateway_port",
+        "mlflow_port",
+        "grafana_port",
+        "webhook_port",
+    ):
+        stack[key] = free_port()
+    doc["mlflow"]["tracking_uri"] = f"http://127.0.0.1:{stack['mlflow_port']}"
+    for key, value in DEMO_STACK_TUNING["demo"].items():
+        if key in DemoConfig.model_fields:  # a knob this simulator has
+            doc.setdefault("demo", {})[key] = value
+    path = conf_dir / "fleetmon.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def _run_stack(cfg: Path, state: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetmon.cli",
+            "stack",
+            *args,
+            "--config.file",
+            str(cfg),
+            "--state-dir",
+            str(state),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        # Keep the developer's MLflow / fleetmon settings out of the demo stack.
+        env={k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FLEETMON"))},
+    )
+
+
+def _retune(path: Path, edit: Any) -> None:
+    doc = yaml.safe_load(path.read_text())
+    edit(doc)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
+    """The real stack on the demo fleet (see DEMO_STACK_TUNING); stopped at the end of the session."""
+    tmp = tmp_path_factory.mktemp("demo-stack")
+    cfg_path = _demo_stack_config(tmp)
+    cfg = load_config(cfg_path, environ={})
+    state = tmp / "stack"
+    st = cfg.stack
+    try:
+        up = _run_stack(cfg_path, state, "up")
+        started_at = time.time()
+        if up.returncode != 0:
+            pytest.fail(f"demo_stack: `fleetmon stack up` failed:\n{up.stdout}\n{up.stderr}")
+        ds = DemoStack(
+            cfg=cfg,
+            config_path=cfg_path,
+            state_dir=state,
+            demo_dir=cfg.demo.output_dir,
+            started_at=started_at,
+            prometheus_url=f"http://127.0.0.1:{st.prometheus_port}",
+            alertmanager_url=f"http://127.0.0.1:{st.alertmanager_port}",
+            webhook_url=f"http://127.0.0.1:{st.webhook_port}",
+            pushgateway_url=f"http://127.0.0.1:{st.pushgateway_port}",
+            mlflow_url=f"http://127.0.0.1:{st.mlflow_port}",
+        )
+        # Faster rule evaluation and notification grouping: edit the stack's rendered copies (ports are
+        # moved, so the stack wrote them under data/) and reload.
+        data = state / "data"
+
+        def prom(doc: dict[str, Any]) -> None:
+            doc["global"].update(DEMO_STACK_TUNING["prometheus_global"])
+            for sc in doc.get("scrape_configs") or []:  # per-job intervals must not exceed the timeout
+                sc.pop("scrape_interval", None)
+                sc.pop("scrape_timeout", None)
+
+        def am(doc: dict[str, Any]) -> None:
+            doc["route"].update(DEMO_STACK_TUNING["alertmanager_route"])
+
+        _retune(data / "prometheus" / "prometheus.yml", prom)
+        _retune(data / "alertmanager" / "alertmanager.yml", am)
+        _post(ds.prometheus_url + "/-/reload")
+        _post(ds.alertmanager_url + "/-/reload")
+        # Every scrape target up before tests start (the exporters' first polls take a few seconds).
+        deadline = time.monotonic() + 90
+        health: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            targets = _get_json(ds.prometheus_url, "/api/v1/targets")["data"]["activeTargets"]
+            health = {t["labels"]["job"]: t["health"] for t in targets}
+            if health and all(h == "up" for h in health.values()):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"demo_stack: targets not all up within 90 s: {health}")
+        yield ds
+    finally:
+        down = _run_stack(cfg_path, state, "down", timeout=120)
+        if down.returncode != 0:
+            print(f"demo_stack: `fleetmon stack down` failed:\n{down.stdout}\n{down.stderr}")
