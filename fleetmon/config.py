@@ -332,6 +332,16 @@ class DemoConfig(_Model):
     output_dir: Path = Path("var/demo")
     # Seconds after start-up at which the first incidents begin (wall time).
     first_incident_after_seconds: float = Field(default=60, ge=0)
+    # Wall seconds an incident lasts, [min, max] (default: 8 to 14 minutes at the demo's time scale).
+    # Tests shorten it so alerts fire and resolve within a short run.
+    incident_duration_seconds: tuple[float, float] | None = None
+
+    @field_validator("incident_duration_seconds")
+    @classmethod
+    def _durations(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError("must be [min, max] with 0 < min <= max")
+        return v
 
 
 class StackConfig(_Model):

@@ -95,6 +95,7 @@ class Simulator:
             self.interval,
             demo.first_incident_after_seconds,
             self.out / "ground_truth.jsonl",
+            demo.incident_duration_seconds,
         )
         self.platform = Platform(self.out / "logs", self.world.models, demo.seed, log_max_bytes)
         k_now = self.k_at(start)

@@ -99,6 +99,7 @@ class Schedule:
         interval: float,
         first_after: float,
         ground_truth: Path | None = None,
+        durations: tuple[float, float] | None = None,
     ) -> None:
         self.fleet = fleet
         self.seed = seed
@@ -113,6 +114,8 @@ class Schedule:
         # Durations: long enough for a drift window of a dozen simulated hours and for `for:` clauses.
         self.dur_min = max(480.0, 16 * interval)
         self.dur_max = max(840.0, 28 * interval)
+        if durations is not None:  # demo.incident_duration_seconds (tests: short incidents)
+            self.dur_min, self.dur_max = durations
         self.gap = max(240.0, 8 * interval)
         self.spread = 120.0
         self.period = self.spread + self.dur_max + self.gap
