@@ -1,0 +1,1 @@
+"""fleetmon's Grafana dashboards as code (grafana-foundation-sdk); `fleetmon dashboards` writes the JSON."""

@@ -1,0 +1,616 @@
+"""Shared shapes for fleetmon's dashboards (grafana-foundation-sdk builders).
+
+One module per dashboard builds on these helpers: a `$datasource` variable, the chained fleet variables
+(customer -> building -> energy -> model), the PromQL of the model states (ok, drifting, stale, erroring,
+failing training) and panel shortcuts whose queries always go through the same datasource reference.
+Dashboard uids are fixed here: alert rules link to them.
+
+Panels are laid out by the SDK (`span` = width of 24, `height` in grid rows); panel ids are assigned in
+order by `fleetmon.dashboards.build`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from grafana_foundation_sdk.builders import (
+    bargauge,
+    common,
+    dashboard,
+    geomap,
+    piechart,
+    prometheus,
+    stat,
+    table,
+    timeseries,
+)
+from grafana_foundation_sdk.models.common import (
+    BigValueColorMode,
+    BigValueGraphMode,
+    BigValueTextMode,
+    FrameGeometrySourceMode,
+    LegendDisplayMode,
+    LegendPlacement,
+    StackingMode,
+    VizOrientation,
+)
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardLinkType,
+    DataSourceRef,
+    DataTransformerConfig,
+    DynamicConfigValue,
+    ThresholdsMode,
+    ValueMap,
+    ValueMappingResult,
+    VariableHide,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.dashboard import Threshold as ThresholdStep
+
+# Fixed uids: alert `dashboard_url` annotations and drill-down links point at these.
+UID = {
+    "fleet": "fleetmon-fleet",
+    "customer": "fleetmon-customer",
+    "building": "fleetmon-building",
+    "model": "fleetmon-model",
+    "training": "fleetmon-training",
+    "platform": "fleetmon-platform",
+    "infrastructure": "fleetmon-infrastructure",
+}
+TAG = "fleetmon"
+DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
+# The provisioned datasource (grafana/provisioning/datasources) has this uid.
+DATASOURCE_UID = "prometheus"
+
+FLEET_LABELS = ("customer", "building", "energy", "model")
+BY_MODEL = "customer, building, energy, model"
+
+# Variable sources. Buildings come from the fleet config via the outputs exporter (every configured
+# building, whether or not it has predictions yet); energy types and roles from the models' freshness series.
+BUILDING_SERIES = "fleetmon_building_info"
+MODEL_SERIES = "fleetmon_model_last_prediction_timestamp_seconds"
+VARIABLE_SERIES = {
+    "customer": BUILDING_SERIES,
+    "building": BUILDING_SERIES,
+    "energy": MODEL_SERIES,
+    "model": MODEL_SERIES,
+}
+
+# Quality windows (outputs.windows in the config): the short one is compared with the long one, the
+# model's own baseline.
+SHORT_WINDOW = "24h"
+LONG_WINDOW = "7d"
+
+# Joules -> kWh for people (the exporters use base units; the records carry kWh).
+KWH = "3.6e6"
+
+# ------------------------------------------------------------------------------------- PromQL pieces
+
+
+def sel(names: Sequence[str] = (), **fixed: str) -> str:
+    """A label selector body: the dashboard variables `names` as regex matchers plus fixed matchers.
+
+    Regex matchers (`=~"$var"`) so a multi-value or All selection works the same as a single value.
+    """
+    parts = [f'{n}=~"${n}"' for n in names] + [f'{k}="{v}"' for k, v in fixed.items()]
+    return ",".join(parts)
+
+
+def m(metric: str, selector: str = "", /, **fixed: str) -> str:
+    """`metric{selector,fixed...}` (positional-only, so `metric=` can be a label)."""
+    body = ",".join(p for p in (selector, ",".join(f'{k}="{v}"' for k, v in fixed.items())) if p)
+    return f"{metric}{{{body}}}" if body else metric
+
+
+def fleet_models(s: str) -> str:
+    """One series (value 1) per model: those with predictions and those MLflow knows (every fleet model)."""
+    return f"group by ({BY_MODEL}) ({m(MODEL_SERIES, s)} or {m('fleetmon_mlflow_runs', s)})"
+
+
+def drifting(s: str) -> str:
+    """Models whose inputs drifted (Evidently's dataset drift in the last drift cycle)."""
+    return f"{m('fleetmon_drift_dataset_drifted', s)} == 1"
+
+
+def stale(s: str) -> str:
+    """Models without a prediction for `$stale_after` seconds, or known to MLflow and never predicting."""
+    return (
+        f"(time() - {m(MODEL_SERIES, s)} > $stale_after)"
+        f" or (group by ({BY_MODEL}) ({m('fleetmon_mlflow_runs', s)})"
+        f" unless on ({BY_MODEL}) {m(MODEL_SERIES, s)})"
+    )
+
+
+def erroring(s: str) -> str:
+    """Forecasters whose short-window MAE exceeds `$error_factor` times their long-window MAE (own baseline)."""
+    short = m("fleetmon_model_mae_joules", s, window=SHORT_WINDOW)
+    long = m("fleetmon_model_mae_joules", s, window=LONG_WINDOW)
+    return f"{short} > ignoring (window) $error_factor * {long}"
+
+
+def failing_training(s: str) -> str:
+    """Models most of whose runs that ended within `$recent` failed (MLflow's run counts by status).
+
+    A share, not "any failure": a fleet always has a few failed runs; a model whose training is broken
+    fails run after run.
+    """
+    failed = m("fleetmon_mlflow_runs", s, status="failed")
+    finished = m("fleetmon_mlflow_runs", s, status="finished")
+    d_failed = f"({failed} - min_over_time({failed}[$recent]))"
+    d_finished = f"({finished} - min_over_time({finished}[$recent]))"
+    return f"{d_failed} / ignoring (status) ({d_failed} + ignoring (status) {d_finished}) > 0.5"
+
+
+STATES: dict[str, tuple[int, str, str]] = {
+    # state: (code, colour, description); the worst state (highest code) wins in the state column.
+    "ok": (0, "green", "none of the states below"),
+    "drifting": (1, "yellow", "input drift in the last drift cycle (fleetmon_drift_dataset_drifted)"),
+    "erroring": (2, "orange", "MAE over 24h above $error_factor x its 7d MAE"),
+    "failing training": (3, "orange", "more than half of the runs that ended within $recent failed"),
+    "stale": (4, "red", "no prediction for $stale_after, or none ever"),
+}
+STATE_EXPR = {
+    "drifting": drifting,
+    "erroring": erroring,
+    "failing training": failing_training,
+    "stale": stale,
+}
+
+
+def model_state(s: str) -> str:
+    """One series per model, value = the code of its worst state (0 ok ... 4 stale).
+
+    `or` keeps a label set from its first operand only, so the terms go worst first and `ok` (every
+    model, 0) last.
+    """
+    terms = []
+    for name, fn in sorted(STATE_EXPR.items(), key=lambda item: -STATES[item[0]][0]):
+        terms.append(f"group by ({BY_MODEL}) ({fn(s)}) * {STATES[name][0]}")
+    terms.append(f"{fleet_models(s)} * 0")
+    return f"max by ({BY_MODEL}) (\n  " + "\n  or ".join(terms) + "\n)"
+
+
+def in_state(state: str, s: str) -> str:
+    """The models in `state` (one series per model)."""
+    if state == "ok":
+        bad = " or ".join(f"({fn(s)})" for fn in STATE_EXPR.values())
+        return f"{fleet_models(s)} unless on ({BY_MODEL}) ({bad})"
+    return f"group by ({BY_MODEL}) ({STATE_EXPR[state](s)})"
+
+
+def count_in_state(state: str, s: str, by: str = "") -> str:
+    """How many models are in `state`, 0 (not empty) when none: per `by` group, or in total."""
+    if by:
+        return f"count by ({by}) ({in_state(state, s)}) or count by ({by}) ({fleet_models(s)}) * 0"
+    return f"count({in_state(state, s)}) or vector(0)"
+
+
+def state_mappings() -> list[Any]:
+    return [
+        ValueMap(
+            options={
+                str(code): ValueMappingResult(text=name, color=colour, index=code)
+                for name, (code, colour, _) in STATES.items()
+            }
+        )
+    ]
+
+
+# ------------------------------------------------------------------------------------------ variables
+
+
+def new_dashboard(key: str, title: str, description: str, time_from: str = "now-6h") -> dashboard.Dashboard:
+    return (
+        dashboard.Dashboard(title)
+        .uid(UID[key])
+        .description(description)
+        .tags([TAG])
+        .refresh("30s")
+        .time(time_from, "now")
+        .timezone("browser")
+        .readonly()
+        .with_variable(
+            dashboard.DatasourceVariable("datasource")
+            .label("Data source")
+            .type("prometheus")
+            .current(VariableOption(selected=True, text="Prometheus", value=DATASOURCE_UID))
+        )
+        .link(
+            dashboard.DashboardLink("fleetmon dashboards")
+            .type(DashboardLinkType.DASHBOARDS)
+            .tags([TAG])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+
+
+def fleet_variables(
+    d: dashboard.Dashboard, names: Sequence[str], multi: bool = False
+) -> dashboard.Dashboard:
+    """Chained query variables customer -> building -> energy -> model, each filtered by the ones before.
+
+    `multi`: every variable allows several values and All (fleet-wide views); All is `.*`, not a list of
+    every value, so a large fleet does not produce a huge regex.
+    """
+    for i, name in enumerate(names):
+        s = sel(names[:i])
+        var = (
+            dashboard.QueryVariable(name)
+            .label(name.capitalize())
+            .datasource(DS)
+            .query(f"label_values({m(VARIABLE_SERIES[name], s)}, {name})")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(multi)
+            .include_all(multi)
+        )
+        if multi:
+            var = var.all_value(".*").current(VariableOption(selected=True, text="All", value="$__all"))
+        d = d.with_variable(var)
+    return d
+
+
+def custom_variable(
+    d: dashboard.Dashboard, name: str, label: str, options: Mapping[str, str], default: str, description: str
+) -> dashboard.Dashboard:
+    """A custom variable of `text : value` pairs (Grafana's syntax), `default` a text."""
+    query = ",".join(f"{text} : {value}" if text != value else value for text, value in options.items())
+    return d.with_variable(
+        dashboard.CustomVariable(name)
+        .label(label)
+        .description(description)
+        .values(query)
+        .current(VariableOption(selected=True, text=default, value=options[default]))
+        .options(
+            [VariableOption(selected=t == default, text=t, value=v) for t, v in options.items()]
+        )
+    )
+
+
+def state_variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
+    """The thresholds behind the model states. Defaults fit the demo fleet (one simulated hour every 30 s);
+    a real hourly fleet wants e.g. stale after 2h and recent = 1d (see docs/dashboards.md)."""
+    d = custom_variable(
+        d,
+        "stale_after",
+        "Stale after",
+        {"1m": "60", "2m": "120", "5m": "300", "15m": "900", "1h": "3600", "2h": "7200", "6h": "21600",
+         "1d": "86400"},
+        "2m",
+        "a model is stale when its newest prediction is older than this",
+    )
+    d = custom_variable(
+        d,
+        "error_factor",
+        "Error factor",
+        {"1.25": "1.25", "1.5": "1.5", "2": "2", "3": "3"},
+        "1.5",
+        f"a forecaster is erroring when its {SHORT_WINDOW} MAE exceeds this times its {LONG_WINDOW} MAE",
+    )
+    return custom_variable(
+        d,
+        "recent",
+        "Training window",
+        {"10m": "10m", "30m": "30m", "1h": "1h", "6h": "6h", "1d": "1d"},
+        "10m",
+        "a model is failing training when more than half of its runs that ended within this window failed",
+    )
+
+
+def text_variable(d: dashboard.Dashboard, name: str, label: str, default: str, description: str) -> dashboard.Dashboard:
+    return d.with_variable(
+        dashboard.TextBoxVariable(name)
+        .label(label)
+        .description(description)
+        .default_value(default)
+        .current(VariableOption(selected=True, text=default, value=default))
+    )
+
+
+def hidden_constant(d: dashboard.Dashboard, name: str, value: str) -> dashboard.Dashboard:
+    return d.with_variable(dashboard.ConstantVariable(name).value(value).hide(VariableHide.HIDE_VARIABLE))
+
+
+# -------------------------------------------------------------------------------------------- links
+
+
+def dashboard_url(key: str, params: Mapping[str, str] | None = None, keep_time: bool = True) -> str:
+    """A Grafana-relative link to a fleetmon dashboard; `params` are variable values (may be `${...}`)."""
+    query = [f"var-{k}={v}" for k, v in (params or {}).items()]
+    if keep_time:
+        query.append("${__url_time_range}")
+    return f"/d/{UID[key]}/{UID[key]}" + ("?" + "&".join(query) if query else "")
+
+
+def vars_of(names: Sequence[str]) -> dict[str, str]:
+    """Pass this dashboard's variables on: {name: "${name}"}."""
+    return {n: f"${{{n}}}" for n in names}
+
+
+def fields_of(names: Sequence[str]) -> dict[str, str]:
+    """Fill variables from the clicked row / series: {name: "${__field.labels.name}"}."""
+    return {n: f"${{__field.labels.{n}}}" for n in names}
+
+
+def row_fields(names: Sequence[str]) -> dict[str, str]:
+    """Fill variables from the clicked table row: {name: "${__data.fields.name}"}."""
+    return {n: f"${{__data.fields.{n}}}" for n in names}
+
+
+def link(title: str, url: str, target_blank: bool = False) -> dashboard.DashboardLink:
+    return (
+        dashboard.DashboardLink(title).type(DashboardLinkType.LINK).url(url).target_blank(target_blank)
+        .keep_time(False).include_vars(False)
+    )
+
+
+def up_links(d: dashboard.Dashboard, levels: Sequence[tuple[str, str, Sequence[str]]]) -> dashboard.Dashboard:
+    """Dashboard links back up the hierarchy: (title, dashboard key, variables to pass)."""
+    for title, key, names in levels:
+        d = d.link(link(title, dashboard_url(key, vars_of(names))).icon("dashboard"))
+    return d
+
+
+def data_link(title: str, url: str, target_blank: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"title": title, "url": url}
+    if target_blank:
+        out["targetBlank"] = True
+    return out
+
+
+def column_link(column: str, title: str, url: str) -> tuple[str, list[DynamicConfigValue]]:
+    """A table column whose cells link somewhere (use with `table_panel(column_links=...)`)."""
+    return column, [DynamicConfigValue(id_val="links", value=[data_link(title, url)])]
+
+
+# ------------------------------------------------------------------------------------------- queries
+
+
+def q(expr: str, legend: str = "", ref: str = "A", instant: bool = False, table_format: bool = False) -> prometheus.Dataquery:
+    query = prometheus.Dataquery().expr(expr).ref_id(ref).legend_format(legend or "__auto").datasource(DS)
+    if instant:
+        query = query.instant()
+    else:
+        query = query.range()
+    if table_format:
+        query = query.format("table")
+    return query
+
+
+def refs(queries: Sequence[prometheus.Dataquery]) -> list[prometheus.Dataquery]:
+    """Give queries the ref ids A, B, C, ... in order."""
+    return [query.ref_id(chr(ord("A") + i)) for i, query in enumerate(queries)]
+
+
+# -------------------------------------------------------------------------------------------- panels
+
+
+def thresholds(*steps: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
+    return (
+        dashboard.ThresholdsConfig()
+        .mode(ThresholdsMode.ABSOLUTE)
+        .steps([ThresholdStep(value=v, color=c) for v, c in steps])
+    )
+
+
+GREEN = thresholds((None, "green"))
+
+
+def row(title: str) -> dashboard.Row:
+    return dashboard.Row(title)
+
+
+def ts(title: str, queries: Sequence[prometheus.Dataquery], w: int = 12, h: int = 8, unit: str = "short",
+       description: str = "", stack: bool = False, min_val: float | None = None,
+       max_val: float | None = None, links: Sequence[dict[str, Any]] = (),
+       panel_links: Sequence[dashboard.DashboardLink] = ()) -> timeseries.Panel:
+    p = (
+        timeseries.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        .targets(refs(queries))
+        .legend(common.VizLegendOptions().display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)
+                .show_legend(True))
+        .fill_opacity(10 if not stack else 60)
+        .line_width(1)
+    )
+    if stack:
+        p = p.stacking(common.StackingConfig().mode(StackingMode.NORMAL))
+    if min_val is not None:
+        p = p.min(min_val)
+    if max_val is not None:
+        p = p.max(max_val)
+    if links:
+        p = p.override_by_regexp(".*", [DynamicConfigValue(id_val="links", value=list(links))])
+    if panel_links:
+        p = p.links(list(panel_links))
+    return p
+
+
+def stat_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 4, h: int = 4,
+               unit: str = "short", description: str = "", links: Sequence[dict[str, Any]] = (),
+               steps: dashboard.ThresholdsConfig = GREEN, mappings: Sequence[Any] = (),
+               calc: str = "lastNotNull", graph: bool = False, decimals: float | None = None,
+               text_mode: BigValueTextMode = BigValueTextMode.AUTO) -> stat.Panel:
+    p = (
+        stat.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        .targets(refs(queries))
+        .reduce_options(common.ReduceDataOptions().calcs([calc]).values(False))
+        .color_mode(BigValueColorMode.VALUE)
+        .graph_mode(BigValueGraphMode.AREA if graph else BigValueGraphMode.NONE)
+        .text_mode(text_mode)
+        .orientation(VizOrientation.AUTO)
+        .thresholds(steps)
+    )
+    if mappings:
+        p = p.mappings(list(mappings))
+    if decimals is not None:
+        p = p.decimals(decimals)
+    if links:
+        p = p.data_links([link(x["title"], x["url"]) for x in links])
+    return p
+
+
+def bar_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 8, h: int = 8,
+              unit: str = "short", description: str = "", steps: dashboard.ThresholdsConfig = GREEN,
+              calc: str = "lastNotNull", links: Sequence[dict[str, Any]] = ()) -> bargauge.Panel:
+    p = (
+        bargauge.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        .targets(refs(queries))
+        .reduce_options(common.ReduceDataOptions().calcs([calc]).values(False))
+        .orientation(VizOrientation.HORIZONTAL)
+        .thresholds(steps)
+        .min(0)
+    )
+    if links:
+        p = p.data_links([link(x["title"], x["url"]) for x in links])
+    return p
+
+
+def pie_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 8, h: int = 8,
+              unit: str = "short", description: str = "") -> piechart.Panel:
+    return (
+        piechart.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        .targets(refs(queries))
+        .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+
+
+def table_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 24, h: int = 8,
+                description: str = "", rename: Mapping[str, str] | None = None,
+                hide: Sequence[str] = ("Time",), units: Mapping[str, str] | None = None,
+                column_links: Sequence[tuple[str, list[DynamicConfigValue]]] = (),
+                state_column: str | None = None, sort_by: str | None = None, desc: bool = True,
+                merge: bool = True, extra_transforms: Sequence[DataTransformerConfig] = ()) -> table.Panel:
+    """A table of instant, table-format queries merged on their common labels (one row per label set).
+
+    `rename` maps a field (a label or `Value #A`) to a column title; `units` sets units by field name
+    (before renaming); `column_links` make cells links; `state_column` gets the model-state mappings.
+    """
+    p = (
+        table.Panel().title(title).datasource(DS).span(w).height(h).description(description)
+        .targets(refs(queries))
+        .filterable(True)
+    )
+    transforms: list[DataTransformerConfig] = []
+    if merge and len(queries) > 1:
+        transforms.append(DataTransformerConfig(id_val="merge", options={}))
+    transforms.extend(extra_transforms)
+    exclude = {name: True for name in hide}
+    for label in ("__name__", "job", "instance"):
+        exclude.setdefault(label, True)
+    transforms.append(
+        DataTransformerConfig(
+            id_val="organize",
+            options={"excludeByName": exclude, "renameByName": dict(rename or {}), "indexByName": {}},
+        )
+    )
+    p = p.transformations(transforms)
+    for field, unit in (units or {}).items():
+        p = p.override_by_name((rename or {}).get(field, field), [DynamicConfigValue(id_val="unit", value=unit)])
+    for column, props in column_links:
+        p = p.override_by_name(column, props)
+    if state_column:
+        p = p.override_by_name(
+            state_column,
+            [
+                DynamicConfigValue(id_val="mappings", value=state_mappings()),
+                DynamicConfigValue(id_val="custom.cellOptions", value={"type": "color-background"}),
+            ],
+        )
+    if sort_by:
+        p = p.sort_by([common.TableSortByFieldState().display_name(sort_by).desc(desc)])
+    return p
+
+
+def geomap_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 12, h: int = 10,
+                 description: str = "", lat_field: str = "latitude", lon_field: str = "longitude") -> geomap.Panel:
+    """Markers at the coordinates carried as labels (strings: converted to numbers first)."""
+    return (
+        geomap.Panel().title(title).datasource(DS).span(w).height(h).description(description)
+        .targets(refs(queries))
+        .transformations(
+            [
+                DataTransformerConfig(
+                    id_val="convertFieldType",
+                    options={
+                        "conversions": [
+                            {"targetField": lat_field, "destinationType": "number"},
+                            {"targetField": lon_field, "destinationType": "number"},
+                        ],
+                        "fields": {},
+                    },
+                )
+            ]
+        )
+        .view(geomap.MapViewConfig().id("fit").zoom(14).max_zoom(15))
+        .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True))
+        .basemap(common.MapLayerOptions().type("default").name("Basemap"))
+        .layers(
+            [
+                common.MapLayerOptions()
+                .type("markers")
+                .name("Buildings")
+                .location(
+                    common.FrameGeometrySource()
+                    .mode(FrameGeometrySourceMode.COORDS)
+                    .latitude(lat_field)
+                    .longitude(lon_field)
+                )
+                .tooltip(True)
+                .config({"showLegend": False, "style": {"size": {"fixed": 8}, "color": {"fixed": "dark-green"}}})
+            ]
+        )
+    )
+
+
+
+# ------------------------------------------------------------------------------------- shared panels
+
+
+def by_model(expr: str) -> str:
+    """Keep only the fleet labels (series from different exporters differ in `instance`, `job`)."""
+    return f"max by ({BY_MODEL}) ({expr})"
+
+
+def models_table(title: str, s: str, w: int = 24, h: int = 10, description: str = "") -> table.Panel:
+    """One row per model of the selection: worst state, drift, freshness, error; the model links to its
+    detail dashboard."""
+    short = SHORT_WINDOW
+    return table_panel(
+        title,
+        [
+            q(model_state(s), instant=True, table_format=True),
+            q(by_model(m("fleetmon_drift_share", s)), instant=True, table_format=True),
+            q(by_model(f"time() - {m(MODEL_SERIES, s)}"), instant=True, table_format=True),
+            q(by_model(f"{m('fleetmon_model_mae_joules', s, window=short)} / {KWH}"), instant=True,
+              table_format=True),
+            q(by_model(f"{m('fleetmon_model_mae_joules', s, window=SHORT_WINDOW)} / ignoring (window) "
+                       f"{m('fleetmon_model_mae_joules', s, window=LONG_WINDOW)}"), instant=True,
+              table_format=True),
+            q(by_model(m("fleetmon_model_actual_coverage_ratio", s, window=short)), instant=True,
+              table_format=True),
+            q(by_model(m("fleetmon_model_anomaly_ratio", s, window=short)), instant=True, table_format=True),
+        ],
+        w=w,
+        h=h,
+        description=description or "worst state of each model (see the dashboard's state variables), "
+        f"drift share, seconds since the newest prediction, {short} MAE (kWh) and against the "
+        f"{LONG_WINDOW} MAE, share of matured predictions with an actual, anomaly detectors' flagged share",
+        rename={"Value #A": "state", "Value #B": "drift share", "Value #C": "prediction age",
+                "Value #D": f"MAE {short} (kWh)", "Value #E": f"MAE {short}/{LONG_WINDOW}",
+                "Value #F": f"coverage {short}", "Value #G": f"anomalies {short}"},
+        units={"Value #B": "percentunit", "Value #C": "s", "Value #D": "kwatth", "Value #F": "percentunit",
+               "Value #G": "percentunit"},
+        column_links=[
+            column_link("model", "Model ${__data.fields.building} ${__data.fields.energy} ${__data.fields.model}",
+                        dashboard_url("model", row_fields(list(FLEET_LABELS)))),
+            column_link("building", "Building ${__data.fields.building}",
+                        dashboard_url("building", row_fields(["customer", "building"]))),
+        ],
+        state_column="state",
+        sort_by="state",
+    )
