@@ -146,7 +146,7 @@ class Simulator:
             if inc.key is None:
                 continue
             if inc.kind == "data_drift":
-                eff.drift[inc.key] = (str(inc.detail["feature"]), float(inc.detail["shift"]))
+                eff.drift[inc.key] = {str(f): float(v) for f, v in inc.detail["shifts"].items()}
             elif inc.kind == "error_growth":
                 eff.error_factor[inc.key] = error_factor(inc, t)
             elif inc.kind == "stale_predictions":

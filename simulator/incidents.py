@@ -36,8 +36,10 @@ KINDS = (
 MODEL_KINDS = ("data_drift", "error_growth", "stale_predictions", "training_failures")
 # Apps whose replicas can turn unhealthy (the gateway has its own incident kind).
 REPLICA_APPS = ("api", "model-serving", "training-api", "training-processor")
-# Drifting inputs: a sensor or upstream feed going wrong; shifts are ~3x the feature's weekly spread so a
-# KS test on a dozen points tells them apart from a week of reference within a few points.
+# Drifting inputs: the building's weather feed going wrong (a swapped or faulty station), so every weather
+# feature shifts at once -- most of the model's inputs drift, which is what Evidently's dataset drift (share of
+# drifted columns >= 0.5) flags. Shifts are ~3x each feature's weekly spread so a KS test on a dozen points
+# tells them apart from a week of reference within a few points.
 DRIFT_SHIFTS: dict[str, tuple[float, float]] = {
     "outdoor_temperature": (14.0, 20.0),
     "humidity": (-45.0, -35.0),
@@ -209,9 +211,10 @@ class Schedule:
                 taken_buildings.add((key.customer, key.building))
                 inc.key = key
                 if kind == "data_drift":
-                    feature = rng.choice(sorted(DRIFT_SHIFTS))
-                    lo, hi = DRIFT_SHIFTS[feature]
-                    inc.detail = {"feature": feature, "shift": round(rng.uniform(lo, hi), 1)}
+                    inc.detail = {
+                        "cause": "weather feed fault",
+                        "shifts": {f: round(rng.uniform(lo, hi), 1) for f, (lo, hi) in sorted(DRIFT_SHIFTS.items())},
+                    }
                 elif kind == "error_growth":
                     inc.detail = {"max_error_factor": round(rng.uniform(2.0, 2.6), 2)}
                 elif kind == "training_failures":

@@ -60,8 +60,8 @@ def is_heating_like(energy: str) -> bool:
 class Effects:
     """What incidents do to the models at one simulated hour."""
 
-    # model key -> (feature, additive shift) of its input features
-    drift: dict[ModelKey, tuple[str, float]] = field(default_factory=dict)
+    # model key -> {feature: additive shift} of its input features
+    drift: dict[ModelKey, dict[str, float]] = field(default_factory=dict)
     # forecaster key -> multiplicative error factor (1.0 = healthy)
     error_factor: dict[ModelKey, float] = field(default_factory=dict)
     # models that write nothing
@@ -261,9 +261,9 @@ class World:
             bi = self.index[(m.customer, m.building)]
             feats = {f: float(truth.features[f][bi]) for f in FEATURES}
             if m in effects.drift:
-                name, shift = effects.drift[m]
-                if name in feats:
-                    feats[name] = _clip_feature(name, feats[name] + shift)
+                for name, shift in effects.drift[m].items():
+                    if name in feats:
+                        feats[name] = _clip_feature(name, feats[name] + shift)
                 seen = self.expected(m.energy, {f: np.array([v]) for f, v in feats.items()}, np.array([bi]))[
                     0
                 ]

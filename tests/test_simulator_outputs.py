@@ -226,9 +226,10 @@ def test_quiet_buildings_are_never_touched_and_incidents_end_and_follow(run: Run
     assert ends[0] < START + HOURS * run.sim.interval
 
 
-def test_drift_shifts_the_feature_of_that_model_only_and_a_ks_test_sees_it(run: Run) -> None:
+@pytest.mark.parametrize("feature", ["outdoor_temperature", "humidity", "solar_radiation"])
+def test_drift_shifts_the_weather_features_of_that_model_only_and_a_ks_test_sees_it(run: Run, feature: str) -> None:
     inc = run.first("data_drift")
-    key, feature, shift = run.key(inc), inc["detail"]["feature"], inc["detail"]["shift"]
+    key, shift = run.key(inc), inc["detail"]["shifts"][feature]
     start, end = ts(inc["start"]), ts(inc["end"])
     mine = {r["target_time"]: r["features"][feature] for r in run.preds[key]}
     siblings = [m for m in run.preds if (m.customer, m.building) == (key.customer, key.building) and m != key]
@@ -240,6 +241,7 @@ def test_drift_shifts_the_feature_of_that_model_only_and_a_ks_test_sees_it(run: 
                 continue
             delta = mine[t] - r["features"][feature]
             if start <= ts(t) < end:
+                # clipped at the feature's physical bounds (no negative radiation, humidity within 0..100)
                 assert delta == pytest.approx(shift, abs=0.11) or feature != "outdoor_temperature"
                 assert abs(delta) > 0 or feature == "solar_radiation"
             else:
