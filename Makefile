@@ -67,3 +67,8 @@ check-config: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+
+# Regenerate grafana/dashboards/*.json from fleetmon/dashboards/ (commit the result).
+.PHONY: dashboards
+dashboards: install
+	$(FLEETMON) dashboards

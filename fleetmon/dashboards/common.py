@@ -67,6 +67,13 @@ DATASOURCE_UID = "prometheus"
 
 FLEET_LABELS = ("customer", "building", "energy", "model")
 BY_MODEL = "customer, building, energy, model"
+# The variables each dashboard level carries, in drill-down order (links fill in all of them).
+LEVEL_VARS: dict[str, Sequence[str]] = {
+    "fleet": (),
+    "customer": ("customer",),
+    "building": ("customer", "building"),
+    "model": FLEET_LABELS,
+}
 
 # Variable sources. Buildings come from the fleet config via the outputs exporter (every configured
 # building, whether or not it has predictions yet); energy types and roles from the models' freshness series.

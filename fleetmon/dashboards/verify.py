@@ -365,6 +365,48 @@ def execute(t: Target, prom: Prometheus, ctx: Context) -> Result:
     return Result(t, "ok" if series else "empty", series=series, expr=expr, values=used)
 
 
+# A link to a Grafana dashboard: /d/<uid>[/<slug>][?query]; the query may hold Grafana or Prometheus
+# template text (`${__data.fields.customer}`, `{{ $labels.customer }}`).
+DASHBOARD_LINK_RE = re.compile(r"/d/([A-Za-z0-9_-]+)(?:/[^?#\s\"]*)?(?:\?([^#\"]*))?")
+
+
+def link_errors(url: str, variables: Mapping[str, set[str]]) -> list[str]:
+    """What is wrong with a link: an unknown dashboard uid, or a `var-x` the dashboard does not have.
+
+    `variables` maps every dashboard uid to its variable names. A link to no dashboard is not checked.
+    """
+    match = DASHBOARD_LINK_RE.search(url)
+    if not match:
+        return []
+    uid = match.group(1)
+    if uid not in variables:
+        return [f"{url}: no dashboard with uid {uid!r}"]
+    errors = []
+    for part in (match.group(2) or "").split("&"):
+        key = part.split("=", 1)[0].strip()
+        if key.startswith("var-") and key[4:] not in variables[uid]:
+            errors.append(f"{url}: dashboard {uid!r} has no variable {key[4:]!r}")
+    return errors
+
+
+def dashboard_links(dashboard: Mapping[str, Any]) -> list[str]:
+    """Every link URL of a dashboard: its own links, panel links, data links (defaults and overrides)."""
+    urls = [x.get("url", "") for x in dashboard.get("links") or [] if x.get("type") == "link"]
+    for panel in panels(dashboard):
+        urls += [x.get("url", "") for x in panel.get("links") or []]
+        field_config = panel.get("fieldConfig") or {}
+        urls += [x.get("url", "") for x in (field_config.get("defaults") or {}).get("links") or []]
+        for override in field_config.get("overrides") or []:
+            for prop in override.get("properties") or []:
+                if prop.get("id") == "links":
+                    urls += [x.get("url", "") for x in prop.get("value") or []]
+    return urls
+
+
+def variable_names(dashboard: Mapping[str, Any]) -> set[str]:
+    return {v["name"] for v in (dashboard.get("templating") or {}).get("list") or []}
+
+
 def load_dashboards(directory: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
 
