@@ -43,7 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from collectors.mlflow_client import MlflowError, MlflowRest
 from fleetmon.config import Config
-from fleetmon.exporter import FLEET_LABELS, register
+from fleetmon.exporter import FLEET_LABELS, Rendered, register, render_families
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class MlflowCollector:
         self._last_full_monotonic = 0.0
 
         # --- published (read by scrapes; replaced whole, never mutated)
-        self._families: list[Metric] = []
+        self._rendered: Rendered | None = None
         self._up = 0.0
         self._last_success_ts: float | None = None
         self._last_poll: dict[str, tuple[int, float]] = {}  # mode -> (requests, seconds)
@@ -189,7 +189,8 @@ class MlflowCollector:
                 **self._last_poll,
                 mode: (self.client.request_count() - req0, time.perf_counter() - t0),
             }
-            self._families = self._build_families()
+            # Encoded once per poll, served as bytes on every scrape (72,000 series at 1,000 buildings).
+            self._rendered = render_families(self._build_families())
             if self._up == 0.0 and self._last_success_ts is not None and not self._recovering_logged:
                 log.info("MLflow at %s answers again", self.m.tracking_uri)
                 self._recovering_logged = True
@@ -615,8 +616,11 @@ class MlflowCollector:
         objects.add_metric(["model_version"], float(sum(len(m.versions) for m in self._models.values())))
         return [runs, last_ok, dur, quality, ur, versions, alias, stage, newest, info, um, objects]
 
+    def prerendered(self) -> Rendered | None:
+        """The fleet series of the last successful poll (None before the first one)."""
+        return self._rendered
+
     def collect(self) -> Iterator[Metric]:
-        yield from self._families
         yield GaugeMetricFamily(
             "fleetmon_mlflow_up", "1 if the last poll of MLflow succeeded, else 0.", value=self._up
         )

@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleetmon.config import Config
 
@@ -253,6 +254,11 @@ class Exporter:
             return live + b"".join(p.body for p in parts)
         return gzip.compress(live, compresslevel=6, mtime=0) + b"".join(p.gzipped for p in parts)
 
+    @property
+    def scraped(self) -> ScrapeView:
+        """What a scrape returns, parsed (registry output and pre-rendered parts alike); for tests and tools."""
+        return ScrapeView(self)
+
     def wsgi_app(self) -> Callable[..., Iterable[bytes]]:
         landing = _landing_page(self.name, self.collectors).encode()
 
@@ -283,6 +289,24 @@ class Exporter:
         thread = threading.Thread(target=httpd.serve_forever, name=f"{self.name}-http", daemon=True)
         thread.start()
         return httpd, thread
+
+
+class ScrapeView:
+    """A live, parsed view of an exporter's ``/metrics``: each call scrapes afresh."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self._exp = exporter
+
+    def collect(self) -> list[Metric]:
+        return list(text_string_to_metric_families(self._exp.exposition().decode()))
+
+    def get_sample_value(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        labels = labels or {}
+        for family in self.collect():
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return None
 
 
 def _now_dt() -> Any:

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
-from prometheus_client import CollectorRegistry, generate_latest
 
 from collectors.mlflow import MlflowCollector
 from fleetmon.config import Building, Config, Customer, FleetConfig, MlflowConfig
-from fleetmon.exporter import Exporter
+from fleetmon.exporter import Exporter, ScrapeView
 
 
 def unique_fleet(tmp_path: Path, url: str, **mlflow: Any) -> tuple[Config, str, str]:
@@ -34,10 +33,10 @@ def unique_fleet(tmp_path: Path, url: str, **mlflow: Any) -> tuple[Config, str, 
     return cfg, cust, building
 
 
-def promtool_check(registry: CollectorRegistry) -> None:
+def promtool_check(exporter: Exporter) -> None:
     out = subprocess.run(
         ["promtool", "check", "metrics"],
-        input=generate_latest(registry),
+        input=exporter.exposition(),
         capture_output=True,
         timeout=60,
         check=False,
@@ -106,7 +105,7 @@ def test_runs_durations_metrics_registry_and_changes(mlflow_server: str, tmp_pat
     exp_ = Exporter("mlflow", {"mlflow": coll})
     try:
         assert exp_.poll_once("mlflow")
-        reg = exp_.registry
+        reg = exp_.scraped
 
         def v(name: str, /, **labels: str) -> float | None:
             return reg.get_sample_value(name, labels)
@@ -154,7 +153,7 @@ def test_runs_durations_metrics_registry_and_changes(mlflow_server: str, tmp_pat
         reasons = {(q["kind"], q["reason"]) for q in quarantined}
         assert ("run", "missing_tags") in reasons and ("run", "unknown_fleet_key") in reasons
         assert ("registered_model", "no_fleet_mapping") in reasons
-        promtool_check(reg)
+        promtool_check(exp_)
 
         # --- changes: the running run fails, a new run finishes, the champion moves, v1 is deleted
         c.set_terminated(r_running, "FAILED")
@@ -181,14 +180,14 @@ def test_runs_durations_metrics_registry_and_changes(mlflow_server: str, tmp_pat
         fresh = Exporter("mlflow", {"mlflow": MlflowCollector(cfg)})
         try:
             assert fresh.poll_once("mlflow")
-            assert ours(fresh.registry, cust) == ours(reg, cust)
+            assert ours(fresh.scraped, cust) == ours(reg, cust)
         finally:
             fresh.stop()
     finally:
         exp_.stop()
 
 
-def ours(reg: CollectorRegistry, cust: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def ours(reg: ScrapeView, cust: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """This test's per-model samples (the server holds other tests' data too)."""
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -214,18 +213,18 @@ def test_incremental_poll_asks_for_far_less(mlflow_server: str, tmp_path: Path) 
     exp_ = Exporter("mlflow", {"mlflow": coll})
     try:
         assert exp_.poll_once("mlflow")
-        full = exp_.registry.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "full"})
+        full = exp_.scraped.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "full"})
         assert exp_.poll_once("mlflow")
-        incr = exp_.registry.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
+        incr = exp_.scraped.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
         assert full >= 6 + 3  # at least 30 / 5 pages of runs, experiments, models, versions
         assert incr <= 4 and incr * 2 < full
-        assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "finished"}) == 30
-        assert exp_.registry.get_sample_value("fleetmon_mlflow_model_quality", {**key, "metric": "mae"}) == 29
+        assert exp_.scraped.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "finished"}) == 30
+        assert exp_.scraped.get_sample_value("fleetmon_mlflow_model_quality", {**key, "metric": "mae"}) == 29
         # a run ending now is seen by the next incremental poll
         t = int(time.time() * 1000)
         make_run(c, exp, key, start_ms=t - 1000, end_ms=t, status="KILLED")
         assert exp_.poll_once("mlflow")
-        assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "killed"}) == 1
+        assert exp_.scraped.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "killed"}) == 1
         # a new experiment filled with runs from the past (a seeder, an import) is read whole
         exp2 = c.create_experiment(f"{cust}/{b}/imported")
         day_ago = t - 86_400_000
@@ -234,7 +233,7 @@ def test_incremental_poll_asks_for_far_less(mlflow_server: str, tmp_path: Path) 
         )
         assert exp_.poll_once("mlflow")
         failed = {**key, "model": "anomaly", "status": "failed"}
-        assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", failed) == 1
+        assert exp_.scraped.get_sample_value("fleetmon_mlflow_runs", failed) == 1
     finally:
         exp_.stop()
 
@@ -250,12 +249,12 @@ def test_full_resync_every_poll_when_configured(mlflow_server: str, tmp_path: Pa
     exp_ = Exporter("mlflow", {"mlflow": MlflowCollector(cfg)})
     try:
         assert exp_.poll_once("mlflow")
-        assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "finished"}) == 2
+        assert exp_.scraped.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "finished"}) == 2
         c.delete_run(rids[0])
         assert exp_.poll_once("mlflow")
-        assert exp_.registry.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "finished"}) == 1
+        assert exp_.scraped.get_sample_value("fleetmon_mlflow_runs", {**key, "status": "finished"}) == 1
         assert (
-            exp_.registry.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
+            exp_.scraped.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
             is None
         )
     finally:

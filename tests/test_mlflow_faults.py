@@ -138,7 +138,7 @@ def test_5xx_garbage_and_slow_answers(
     )
     exp = Exporter("mlflow", {"mlflow": MlflowCollector(cfg)})
     httpd, _ = exp.serve("127.0.0.1", 0)
-    reg = exp.registry
+    reg = exp.scraped
 
     def v(name: str, /, **labels: str) -> float | None:
         return reg.get_sample_value(name, labels)
@@ -301,17 +301,17 @@ def test_failed_full_read_keeps_the_previous_state(proxy: FaultProxy, tmp_path: 
     finished = {**key, "status": "finished"}
     try:
         assert exp.poll_once("mlflow")
-        assert exp.registry.get_sample_value("fleetmon_mlflow_runs", finished) == 1
+        assert exp.scraped.get_sample_value("fleetmon_mlflow_runs", finished) == 1
         proxy.mode = "500_runs"  # experiments answer, runs fail: the new state would be empty
         assert not exp.poll_once("mlflow")
-        assert exp.registry.get_sample_value("fleetmon_mlflow_up") == 0
-        assert exp.registry.get_sample_value("fleetmon_mlflow_runs", finished) == 1
+        assert exp.scraped.get_sample_value("fleetmon_mlflow_up") == 0
+        assert exp.scraped.get_sample_value("fleetmon_mlflow_runs", finished) == 1
         assert coll._runs, "the previous state was put back"
         proxy.mode = "pass"
         assert exp.poll_once("mlflow")
-        assert exp.registry.get_sample_value("fleetmon_mlflow_runs", finished) == 1
+        assert exp.scraped.get_sample_value("fleetmon_mlflow_runs", finished) == 1
         assert (
-            exp.registry.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
+            exp.scraped.get_sample_value("fleetmon_mlflow_last_poll_requests", {"mode": "incremental"})
             is None
         )
     finally:
