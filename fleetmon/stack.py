@@ -583,7 +583,7 @@ def down(
     if busy:
         print(f"fleetmon stack: ports still in use after stopping: {', '.join(busy)}")
         return 1
-    print("fleetmon stack is down.")
+    print("fleetmon stack is down." if everything else "fleetmon stack: the selected components are down.")
     return 0
 
 
