@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fleetmon.config import Config, DemoConfig, load_config
+from fleetmon.config import Config, load_config
 from fleetmon.procs import free_port, start_mlflow_server, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,16 +42,43 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 # ------------------------------------------------------------------------------------ demo_stack
 # The whole native stack (`fleetmon stack up`) on the demo fleet, once per session, on free ports under a
-# temporary directory (the approach of tests/test_stack_e2e.py, copied, not imported). Tuned for tests:
-# the demo's first incidents start soon and last a few minutes, Prometheus evaluates rules every 5 s and
-# Alertmanager groups within seconds, so alerts fire, notify and resolve within a short test.
-DEMO_STACK_TUNING = {
-    # demo: section of the config copy
-    "demo": {"first_incident_after_seconds": 20, "incident_duration_seconds": [150, 200]},
+# temporary directory (the approach of tests/test_stack_e2e.py, copied, not imported). Tuned for tests: the
+# demo runs 4x faster than `make up` (one simulated hour = 7.5 s, the quality and drift windows scaled to
+# match, so "24h" is still 24 simulated hours), its first incidents start soon and last 2 to 2.5 minutes,
+# Prometheus scrapes and evaluates every 5 s and Alertmanager groups within seconds, so alerts fire, notify
+# and resolve within a short test. Alert rules and `for:` durations are the shipped ones.
+DEMO_STACK_TUNING: dict[str, Any] = {
+    # merged into the config copy
+    "config": {
+        "demo": {
+            "time_scale": 480,
+            "first_incident_after_seconds": 20,
+            "incident_duration_seconds": [120, 150],
+        },
+        "mlflow": {"poll_interval_seconds": 5},
+        "outputs": {
+            "poll_interval_seconds": 3,
+            "windows": {"24h": 180, "7d": 1260},
+            "retention_seconds": 1500,
+            "drift": {
+                "interval_seconds": 10,
+                "reference_window_seconds": 1260,
+                "current_window_seconds": 180,
+            },
+        },
+    },
     # rewritten into the stack's rendered prometheus.yml / alertmanager.yml, then reloaded
     "prometheus_global": {"evaluation_interval": "5s", "scrape_interval": "5s", "scrape_timeout": "4s"},
     "alertmanager_route": {"group_wait": "5s", "group_interval": "10s", "repeat_interval": "1h"},
 }
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 @dataclass
@@ -109,9 +137,7 @@ def _demo_stack_config(tmp: Path) -> Path:
     ):
         stack[key] = free_port()
     doc["mlflow"]["tracking_uri"] = f"http://127.0.0.1:{stack['mlflow_port']}"
-    for key, value in DEMO_STACK_TUNING["demo"].items():
-        if key in DemoConfig.model_fields:  # a knob this simulator has
-            doc.setdefault("demo", {})[key] = value
+    _merge(doc, DEMO_STACK_TUNING["config"])
     path = conf_dir / "fleetmon.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -146,9 +172,14 @@ def _retune(path: Path, edit: Any) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
-    """The real stack on the demo fleet (see DEMO_STACK_TUNING); stopped at the end of the session."""
-    tmp = tmp_path_factory.mktemp("demo-stack")
+def demo_stack() -> Iterator[DemoStack]:
+    """The real stack on the demo fleet (see DEMO_STACK_TUNING); stopped at the end of the session.
+
+    Its directory is its own (not under pytest's basetemp: pytest prunes old basetemps, and other sessions
+    running at the same time would delete a live stack's files); removed at the end unless
+    FLEETMON_KEEP_DEMO_STACK is set.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="fleetmon-demo-stack-"))
     cfg_path = _demo_stack_config(tmp)
     cfg = load_config(cfg_path, environ={})
     state = tmp / "stack"
@@ -203,3 +234,5 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
         down = _run_stack(cfg_path, state, "down", timeout=120)
         if down.returncode != 0:
             print(f"demo_stack: `fleetmon stack down` failed:\n{down.stdout}\n{down.stderr}")
+        elif not os.environ.get("FLEETMON_KEEP_DEMO_STACK"):
+            shutil.rmtree(tmp, ignore_errors=True)
