@@ -57,8 +57,14 @@ def _features(rng: np.random.Generator, n_models: int, n: int, shift: np.ndarray
     }
 
 
-def make_fleet(n_models: int, n_ref: int, n_cur: int, seed: int = 1, chunk: int = 2000) -> list[DriftJob]:
-    """Jobs for a generated fleet (built chunk by chunk so generation does not double the memory)."""
+def make_fleet(
+    n_models: int, n_ref: int, n_cur: int, seed: int = 1, chunk: int = 2000, form: str = "arrays"
+) -> list[DriftJob]:
+    """Jobs for a generated fleet (built chunk by chunk so generation does not double the memory).
+
+    ``form="arrays"``: each window one 1-D array per feature, views into the generated blocks (how the
+    model-outputs exporter hands its windows over); ``form="frames"``: one pandas DataFrame per window.
+    """
     rng = np.random.default_rng(seed)
     jobs: list[DriftJob] = []
     for start in range(0, n_models, chunk):
@@ -74,17 +80,30 @@ def make_fleet(n_models: int, n_ref: int, n_cur: int, seed: int = 1, chunk: int 
                 energy=("electricity", "heating")[(i // 2) % 2],
                 model=("forecast", "anomaly")[i % 2],
             )
-            jobs.append(
-                DriftJob(
-                    key=key,
-                    reference=pd.DataFrame({f: ref[f][j] for f in FEATURES}),
-                    current=pd.DataFrame({f: cur[f][j] for f in FEATURES}),
-                    numerical=list(FEATURES),
-                    reference_version=f"ref-{i}-v1",
-                )
-            )
+            if form == "frames":
+                windows: dict = {
+                    "reference": pd.DataFrame({f: ref[f][j] for f in FEATURES}),
+                    "current": pd.DataFrame({f: cur[f][j] for f in FEATURES}),
+                }
+            else:
+                windows = {
+                    "reference_values": [ref[f][j] for f in FEATURES],
+                    "current_values": [cur[f][j] for f in FEATURES],
+                }
+            jobs.append(DriftJob(key, numerical=FEATURES, reference_version=f"ref-{i}-v1", **windows))
         del ref, cur
     return jobs
+
+
+def input_bytes(jobs: list[DriftJob]) -> int:
+    """Bytes of the generated input data (arrays, or the frames' columns)."""
+    total = 0
+    for j in jobs:
+        if j.reference_values is not None and j.current_values is not None:
+            total += sum(v.nbytes for v in [*j.reference_values, *j.current_values])
+        else:
+            total += int(j.reference.memory_usage(index=False).sum() + j.current.memory_usage(index=False).sum())
+    return total
 
 
 def _peak_rss_bytes() -> int:
@@ -162,8 +181,7 @@ def one_fleet(n_models: int, n_ref: int, n_cur: int, sample: int, loop_sample: i
     t0 = time.perf_counter()
     jobs = make_fleet(n_models, n_ref, n_cur)
     out["generate_s"] = time.perf_counter() - t0
-    out["input_bytes"] = int(sum(j.reference.memory_usage(index=False).sum() + j.current.memory_usage(index=False).sum()
-                                 for j in jobs))  # fmt: skip
+    out["input_bytes"] = input_bytes(jobs)
     out["rss_after_generate_bytes"] = _peak_rss_bytes()
 
     with FleetDriftEngine() as engine:

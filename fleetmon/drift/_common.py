@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 from fleetmon.config import ModelKey
 from fleetmon.drift.types import (
@@ -15,6 +16,11 @@ from fleetmon.drift.types import (
     ColumnDrift,
     DriftResult,
 )
+
+# ``warnings.catch_warnings`` saves and restores process-wide state: two threads inside it at once can
+# leave warnings turned off for the process, or raise one (an error under pytest) inside a block that
+# meant to ignore it. Every quiet block of the drift backends holds this lock.
+QUIET = threading.RLock()
 
 
 def classify_error(exc: BaseException) -> str:

@@ -1,7 +1,7 @@
 """Compiled (numba, ``nogil``) kernels of the fleet drift engine.
 
-Each kernel works on one model's numerical columns at once and releases the GIL, so the engine's two
-worker threads run them on both cores. Sorting itself is numpy's (``np.sort``, SIMD-accelerated and
+Each kernel works on a block of rows (one row = one numerical column of one model; a block holds
+hundreds of models) and releases the GIL, so the engine's two worker threads run them on both cores. Sorting itself is numpy's (``np.sort``, SIMD-accelerated and
 also GIL-free; numba's quicksort is several times slower on data with many repeated values). The arithmetic follows scipy's and Evidently's formulas term by
 term (same divisions, same order inside a term), so a statistic differs from Evidently's only by the
 order of a final sum (scipy uses a BLAS dot product / pairwise sums): a few ulps, far below 1e-9.
@@ -72,17 +72,18 @@ def reference_kernel(raw, nrows, vals, cnts, offs, stats):  # pragma: no cover -
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def numeric_kernel(ref_vals, ref_cnts, ref_offs, ref_stats, cur, ncur, out):  # pragma: no cover - compiled
-    """For each numerical column: merge the cached reference (distinct values + counts) with the finite
-    current values (rows of ``cur`` sorted by ``np.sort``), and compute every statistic Evidently's rule
-    may pick for it."""
+def numeric_kernel(ref_vals, ref_cnts, ref_lo, ref_hi, ref_n, cur, ncur, out):  # pragma: no cover - compiled
+    """For each row of ``cur`` (one numerical column of one model, sorted by ``np.sort``; many models in
+    one block): merge its finite values with the cached reference column, the distinct values and
+    counts ``ref_vals[ref_lo[i]:ref_hi[i]]`` / ``ref_cnts[...]`` of ``ref_n[i]`` finite values, and compute
+    every statistic Evidently's rule may pick for it into ``out[i]``."""
     ncols = cur.shape[0]
     for i in range(ncols):
         cs = _finite(cur[i, :ncur])
         m = cs.shape[0]
-        a = ref_offs[i]
-        nr_u = ref_offs[i + 1] - a
-        n_r = int(ref_stats[i, 0])
+        a = ref_lo[i]
+        nr_u = ref_hi[i] - a
+        n_r = int(ref_n[i])
         out[i, CUR_N] = m
         for k in range(1, N_OUT):
             out[i, k] = np.nan

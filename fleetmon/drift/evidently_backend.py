@@ -36,7 +36,6 @@ Evidently's failures on dirty data, and what fleetmon makes of them (see ``fleet
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +43,7 @@ from typing import Any
 
 import pandas as pd
 
-from fleetmon.drift._common import classify_error, summarize
+from fleetmon.drift._common import QUIET, classify_error, summarize
 from fleetmon.drift.types import (
     MISSING_COLUMN,
     NOT_NUMERIC,
@@ -55,8 +54,9 @@ from fleetmon.drift.types import (
     DriftResult,
 )
 
-# warnings.catch_warnings changes process-wide state: serialize the backend's runs.
-_LOCK = threading.Lock()
+# warnings.catch_warnings changes process-wide state: serialize the backend's runs (the fleet engine's
+# quiet blocks hold the same lock).
+_LOCK = QUIET
 
 
 def _stattest_names() -> dict[str, str]:
@@ -137,7 +137,7 @@ class EvidentlyBackend:
             columns = self._whole_report(job)
             if columns is None:
                 columns = [self._one_column(job, c) for c in [*job.numerical, *job.categorical]]
-        return summarize(job.key, columns, job.drift_share, len(job.reference), len(job.current))
+        return summarize(job.key, columns, job.drift_share, job.n_reference, job.n_current)
 
     # -------------------------------------------------------------------------------------- internals
     def _snapshot(
