@@ -313,7 +313,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
 # The model-state semantics on synthetic series: at 10 min, with stale_after 120 s, error_factor 1.5,
 # recent 10m. m1 ok, m2 drifting, m3 erroring, m4 failing training, m5 stale, m6 known to MLflow but never
 # predicting (stale), m7 drifting and stale (the worst, stale, wins).
-STATE_SERIES = {
+STATE_SERIES: dict[str, dict[str, str | None]] = {
     "m1": {},
     "m2": {"drifted": "1x20"},
     "m3": {"mae24": "300x20"},
@@ -330,8 +330,8 @@ def _labels(model: str, **extra: str) -> str:
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
-def _state_input() -> list[dict[str, str]]:
-    series = []
+def _state_input() -> list[dict[str, str | None]]:
+    series: list[dict[str, str | None]] = []
     for model, spec in STATE_SERIES.items():
         fresh = "0+60x20"  # the newest prediction is always "now"
         if spec.get("pred", fresh) is not None:

@@ -25,6 +25,8 @@ from grafana_foundation_sdk.builders import (
     table,
     timeseries,
 )
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.models.common import (
     BigValueColorMode,
     BigValueGraphMode,
@@ -43,12 +45,12 @@ from grafana_foundation_sdk.models.dashboard import (
     ThresholdsMode,
     ValueMap,
     ValueMappingResult,
-    VariableHide,
     VariableOption,
     VariableRefresh,
     VariableSort,
 )
 from grafana_foundation_sdk.models.dashboard import Threshold as ThresholdStep
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 # Fixed uids: alert `dashboard_url` annotations and drill-down links point at these.
 UID = {
@@ -319,10 +321,6 @@ def text_variable(d: dashboard.Dashboard, name: str, label: str, default: str, d
     )
 
 
-def hidden_constant(d: dashboard.Dashboard, name: str, value: str) -> dashboard.Dashboard:
-    return d.with_variable(dashboard.ConstantVariable(name).value(value).hide(VariableHide.HIDE_VARIABLE))
-
-
 # -------------------------------------------------------------------------------------------- links
 
 
@@ -385,11 +383,11 @@ def q(expr: str, legend: str = "", ref: str = "A", instant: bool = False, table_
     else:
         query = query.range()
     if table_format:
-        query = query.format("table")
+        query = query.format(PromQueryFormat.TABLE)
     return query
 
 
-def refs(queries: Sequence[prometheus.Dataquery]) -> list[prometheus.Dataquery]:
+def refs(queries: Sequence[prometheus.Dataquery]) -> list[cogbuilder.Builder[cogvariants.Dataquery]]:
     """Give queries the ref ids A, B, C, ... in order."""
     return [query.ref_id(chr(ord("A") + i)) for i, query in enumerate(queries)]
 
