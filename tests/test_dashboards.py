@@ -92,6 +92,8 @@ def test_panels_have_unique_ids_a_datasource_and_targets(name: str) -> None:
     doc = BUILT[name]
     ids = [p["id"] for p in panels(doc)]
     assert len(ids) == len(set(ids)), f"duplicate panel ids in {name}"
+    titles = [p["title"] for p in panels(doc) if p["type"] != "row"]
+    assert len(titles) == len(set(titles)), f"duplicate panel titles in {name} (the e2e allow-list uses them)"
     for panel in panels(doc):
         if panel["type"] == "row":
             continue

@@ -47,7 +47,8 @@ def build() -> dashboard.Dashboard:
 
     d = d.with_row(row("Models by state"))
     d = d.with_panel(
-        stat_panel("Buildings", [q(f"count({m('fleetmon_building_info', s)})", "buildings", instant=True)], w=4)
+        stat_panel("Building count", [q(f"count({m('fleetmon_building_info', s)})", "buildings", instant=True)],
+                   w=4)
     )
     for state, (_code, colour, meaning) in STATES.items():
         d = d.with_panel(

@@ -125,7 +125,7 @@ def build() -> dashboard.Dashboard:
     )
     d = d.with_panel(
         stat_panel(
-            "Firing alerts",
+            "Firing alerts by severity",
             [q('count by (severity) (ALERTS{alertstate="firing"}) or on () label_replace(vector(0), "severity", '
                '"none", "", "")', "{{severity}}", instant=True)],
             w=24,
