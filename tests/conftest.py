@@ -44,7 +44,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # The whole native stack (`fleetmon stack up`) on the demo fleet, once per session, on free ports under a
 # temporary directory (the approach of tests/test_stack_e2e.py, copied, not imported). Tuned for tests: the
 # demo runs 4x faster than `make up` (one simulated hour = 7.5 s, the quality and drift windows scaled to
-# match, so "24h" is still 24 simulated hours), its first incidents start soon and last 2 to 2.5 minutes,
+# match, so "24h" is still 24 simulated hours), its first incidents start soon and last 3 to 3.3 minutes,
 # Prometheus scrapes and evaluates every 5 s and Alertmanager groups within seconds, so alerts fire, notify
 # and resolve within a short test. Alert rules and `for:` durations are the shipped ones.
 DEMO_STACK_TUNING: dict[str, Any] = {
@@ -53,7 +53,7 @@ DEMO_STACK_TUNING: dict[str, Any] = {
         "demo": {
             "time_scale": 480,
             "first_incident_after_seconds": 20,
-            "incident_duration_seconds": [120, 150],
+            "incident_duration_seconds": [180, 200],
         },
         "mlflow": {"poll_interval_seconds": 5},
         "outputs": {

@@ -70,7 +70,7 @@ def test_schedule_takes_configured_incident_durations() -> None:
 
 
 @pytest.mark.e2e
-@pytest.mark.timeout(720)
+@pytest.mark.timeout(840)
 def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack: Any) -> None:
     gt = demo_stack.ground_truth()
     quiet = {(b["customer"], b["building"]) for b in gt[0]["detail"]["buildings"]}
@@ -85,7 +85,7 @@ def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack:
     ] = {}  # id -> (received, notification, alert)
     resolved: dict[str, float] = {}
     items: list[dict[str, Any]] = []
-    deadline = time.time() + 600
+    deadline = time.time() + 660
     while time.time() < deadline:
         items = notifications(demo_stack.webhook_url)
         for n in items:
