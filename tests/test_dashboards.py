@@ -39,8 +39,21 @@ COMMITTED = {p.name: json.loads(p.read_text()) for p in sorted(DASH_DIR.glob("*.
 VARIABLES = {doc["uid"]: variable_names(doc) for doc in BUILT.values()}
 # Grafana's own variables that links and queries may use.
 GRAFANA_BUILTINS = {
-    "__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms", "__data",
-    "__field", "__url_time_range", "__value", "__series", "__all", "__from", "__to", "__timeFilter",
+    "__rate_interval",
+    "__interval",
+    "__interval_ms",
+    "__range",
+    "__range_s",
+    "__range_ms",
+    "__data",
+    "__field",
+    "__url_time_range",
+    "__value",
+    "__series",
+    "__all",
+    "__from",
+    "__to",
+    "__timeFilter",
 }
 
 
@@ -180,12 +193,17 @@ def test_energy_is_shown_in_kwh() -> None:
 
 
 def test_link_checker_flags_bad_links() -> None:
-    assert link_errors("/d/fleetmon-model/x?var-customer=a&var-building=b&var-energy=e&var-model=m", VARIABLES) == []
+    assert (
+        link_errors("/d/fleetmon-model/x?var-customer=a&var-building=b&var-energy=e&var-model=m", VARIABLES)
+        == []
+    )
     assert link_errors("https://example.org/report.html", VARIABLES) == []
     assert link_errors("/d/fleetmon-nope/x?var-customer=a", VARIABLES)
     errors = link_errors("/d/fleetmon-customer/c?var-customer=a&var-building=b", VARIABLES)
-    assert errors == ["/d/fleetmon-customer/c?var-customer=a&var-building=b: dashboard 'fleetmon-customer' "
-                      "has no variable 'building'"]
+    assert errors == [
+        "/d/fleetmon-customer/c?var-customer=a&var-building=b: dashboard 'fleetmon-customer' "
+        "has no variable 'building'"
+    ]
     templated = "http://h:3000/d/fleetmon-building/b?var-customer={{ $labels.customer }}&var-model={{ $labels.model }}"
     assert len(link_errors(templated, VARIABLES)) == 1
 
@@ -304,10 +322,14 @@ def test_every_query_parses(tmp_path: Path) -> None:
     rules = []
     for doc in BUILT.values():
         for i, t in enumerate(targets(doc)):
-            rules.append({"record": f"dashboard:{doc['uid'].replace('-', '_')}:q{i}", "expr": ctx.interpolate(t.expr)})
+            rules.append(
+                {"record": f"dashboard:{doc['uid'].replace('-', '_')}:q{i}", "expr": ctx.interpolate(t.expr)}
+            )
     path = tmp_path / "queries.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}))
-    out = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"{len(rules)} rules found" in out.stdout
 
@@ -337,16 +359,39 @@ def _state_input() -> list[dict[str, str | None]]:
     for model, spec in STATE_SERIES.items():
         fresh = "0+60x20"  # the newest prediction is always "now"
         if spec.get("pred", fresh) is not None:
-            series.append({"series": f"fleetmon_model_last_prediction_timestamp_seconds{_labels(model)}",
-                           "values": spec.get("pred", fresh)})
-        series.append({"series": f"fleetmon_drift_dataset_drifted{_labels(model)}", "values": spec.get("drifted", "0x20")})
-        series.append({"series": f"fleetmon_model_mae_joules{_labels(model, window='24h')}",
-                       "values": spec.get("mae24", "100x20")})
-        series.append({"series": f"fleetmon_model_mae_joules{_labels(model, window='7d')}", "values": "100x20"})
-        series.append({"series": f"fleetmon_mlflow_runs{_labels(model, status='failed')}",
-                       "values": spec.get("failed", "0x20")})
-        series.append({"series": f"fleetmon_mlflow_runs{_labels(model, status='finished')}",
-                       "values": spec.get("finished", "0+1x20")})
+            series.append(
+                {
+                    "series": f"fleetmon_model_last_prediction_timestamp_seconds{_labels(model)}",
+                    "values": spec.get("pred", fresh),
+                }
+            )
+        series.append(
+            {
+                "series": f"fleetmon_drift_dataset_drifted{_labels(model)}",
+                "values": spec.get("drifted", "0x20"),
+            }
+        )
+        series.append(
+            {
+                "series": f"fleetmon_model_mae_joules{_labels(model, window='24h')}",
+                "values": spec.get("mae24", "100x20"),
+            }
+        )
+        series.append(
+            {"series": f"fleetmon_model_mae_joules{_labels(model, window='7d')}", "values": "100x20"}
+        )
+        series.append(
+            {
+                "series": f"fleetmon_mlflow_runs{_labels(model, status='failed')}",
+                "values": spec.get("failed", "0x20"),
+            }
+        )
+        series.append(
+            {
+                "series": f"fleetmon_mlflow_runs{_labels(model, status='finished')}",
+                "values": spec.get("finished", "0+1x20"),
+            }
+        )
     return series
 
 
@@ -357,21 +402,34 @@ def test_model_states_mean_what_the_dashboards_say(tmp_path: Path) -> None:
         ctx.values[name] = value
     fleet = by_uid(common.UID["fleet"])
     stat_expr = {p["title"]: p["targets"][0]["expr"] for p in panels(fleet) if p["type"] == "stat"}
-    expected_counts = {state: sum(1 for m in EXPECTED_STATE if _in_state(m, state)) for state in common.STATES}
+    expected_counts = {
+        state: sum(1 for m in EXPECTED_STATE if _in_state(m, state)) for state in common.STATES
+    }
     tests: list[dict[str, Any]] = [
         {
             "expr": ctx.interpolate(common.model_state("")),
             "eval_time": "10m",
             "exp_samples": [{"labels": _labels(m), "value": code} for m, code in EXPECTED_STATE.items()],
         },
-        {"expr": ctx.interpolate(stat_expr["Models"]), "eval_time": "10m",
-         "exp_samples": [{"labels": "{}", "value": len(STATE_SERIES)}]},
+        {
+            "expr": ctx.interpolate(stat_expr["Models"]),
+            "eval_time": "10m",
+            "exp_samples": [{"labels": "{}", "value": len(STATE_SERIES)}],
+        },
     ]
     for state, count in expected_counts.items():
-        tests.append({"expr": ctx.interpolate(stat_expr[state.capitalize()]), "eval_time": "10m",
-                      "exp_samples": [{"labels": "{}", "value": count}]})
-    doc = {"rule_files": [], "evaluation_interval": "1m",
-           "tests": [{"interval": "1m", "input_series": _state_input(), "promql_expr_test": tests}]}
+        tests.append(
+            {
+                "expr": ctx.interpolate(stat_expr[state.capitalize()]),
+                "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": count}],
+            }
+        )
+    doc = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": _state_input(), "promql_expr_test": tests}],
+    }
     path = tmp_path / "states_test.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)

@@ -24,7 +24,9 @@ from fleetmon.push import push_job
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parent.parent
-DASHBOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "grafana" / "dashboards").glob("*.json"))}
+DASHBOARDS = {
+    p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
+}
 # How long after the stack came up the slowest series may take (a few drift cycles, the first incidents).
 WAIT_AFTER_START_S = 300
 RETRY_EVERY_S = 10
@@ -85,11 +87,10 @@ def test_every_panel_query_answers_on_the_demo_stack(demo_stack: Any, record_pro
                 results[r.target.key] = r
         errors = [r for r in results.values() if r.status == "error"]
         assert not errors, "queries Prometheus refused:\n" + "\n".join(
-            f"{r.target.dashboard} / {r.target.panel} [{r.target.ref}]: {r.error}\n    {r.expr}" for r in errors
+            f"{r.target.dashboard} / {r.target.panel} [{r.target.ref}]: {r.error}\n    {r.expr}"
+            for r in errors
         )
-        pending = {
-            uid: {k for k in keys if results[k].status != "ok"} for uid, keys in pending.items()
-        }
+        pending = {uid: {k for k in keys if results[k].status != "ok"} for uid, keys in pending.items()}
         waiting = [
             results[k]
             for keys in pending.values()
@@ -110,7 +111,8 @@ def test_every_panel_query_answers_on_the_demo_stack(demo_stack: Any, record_pro
     print(summary)
     record_property("dashboards_summary", summary)
     assert not waiting, f"{summary}\nempty queries:\n" + "\n".join(
-        f"{r.target.dashboard} / {r.target.panel} [{r.target.ref}] with {r.values}:\n    {r.expr}" for r in waiting
+        f"{r.target.dashboard} / {r.target.panel} [{r.target.ref}] with {r.values}:\n    {r.expr}"
+        for r in waiting
     )
     for r in results.values():  # what was left empty is only what the allow-list names
         if r.status != "ok":
@@ -118,7 +120,9 @@ def test_every_panel_query_answers_on_the_demo_stack(demo_stack: Any, record_pro
 
     # `or vector(0)` keeps a count panel non-empty: prove every metric the dashboards name exists.
     exported = _names(demo_stack.prometheus_url)
-    named = {n for doc in DASHBOARDS.values() for t in targets(doc) for n in re.findall(r"\bfleetmon_\w+", t.expr)}
+    named = {
+        n for doc in DASHBOARDS.values() for t in targets(doc) for n in re.findall(r"\bfleetmon_\w+", t.expr)
+    }
     missing = {
         n for n in named - exported if n not in ABSENT_WHEN_HEALTHY and not (no_gpu and GPU_METRICS.match(n))
     }

@@ -71,8 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale = [n for n, text in built.items() if not (out / n).exists() or (out / n).read_text() != text]
         extra = sorted(x.name for x in out.glob("*.json") if x.name not in built)
         for n in stale:
-            print(f"fleetmon dashboards: {out / n} differs from the builders (run `fleetmon dashboards`)",
-                  file=sys.stderr)
+            print(
+                f"fleetmon dashboards: {out / n} differs from the builders (run `fleetmon dashboards`)",
+                file=sys.stderr,
+            )
         for n in extra:
             print(f"fleetmon dashboards: {out / n} is not built by any module", file=sys.stderr)
         return 1 if stale or extra else 0

@@ -49,8 +49,10 @@ def build() -> dashboard.Dashboard:
             "Consumption: actual vs predicted (kWh per hour)",
             [
                 q(f"max by (energy) ({actual}) / {KWH}", "actual {{energy}}"),
-                q(f"max by (energy, model) ({m('fleetmon_model_latest_matched_prediction_joules', s)}) / {KWH}",
-                  "predicted {{energy}} ({{model}})"),
+                q(
+                    f"max by (energy, model) ({m('fleetmon_model_latest_matched_prediction_joules', s)}) / {KWH}",
+                    "predicted {{energy}} ({{model}})",
+                ),
             ],
             w=16,
             h=9,
@@ -61,7 +63,13 @@ def build() -> dashboard.Dashboard:
     d = d.with_panel(
         geomap_panel(
             "Building location",
-            [q(f"max by ({INFO_LABELS}) ({m('fleetmon_building_info', s)})", instant=True, table_format=True)],
+            [
+                q(
+                    f"max by ({INFO_LABELS}) ({m('fleetmon_building_info', s)})",
+                    instant=True,
+                    table_format=True,
+                )
+            ],
             w=8,
             h=9,
             description="from the latitude / longitude labels of fleetmon_building_info (fleet config)",
@@ -70,8 +78,13 @@ def build() -> dashboard.Dashboard:
     d = d.with_panel(
         stat_panel(
             "Latest forecast",
-            [q(f"max by (energy, model) ({m('fleetmon_model_latest_prediction_joules', s)}) / {KWH}",
-               "{{energy}}", instant=True)],
+            [
+                q(
+                    f"max by (energy, model) ({m('fleetmon_model_latest_prediction_joules', s)}) / {KWH}",
+                    "{{energy}}",
+                    instant=True,
+                )
+            ],
             w=8,
             h=4,
             unit="kwatth",
@@ -90,7 +103,12 @@ def build() -> dashboard.Dashboard:
     d = d.with_panel(
         ts(
             "Anomaly score",
-            [q(f"max by (energy, model) ({m('fleetmon_model_latest_anomaly_score', s)})", "{{energy}} {{model}}")],
+            [
+                q(
+                    f"max by (energy, model) ({m('fleetmon_model_latest_anomaly_score', s)})",
+                    "{{energy}} {{model}}",
+                )
+            ],
             w=8,
             h=4,
             min_val=0,
@@ -104,9 +122,16 @@ def build() -> dashboard.Dashboard:
         table_panel(
             "Building metadata",
             [
-                q(f"max by ({INFO_LABELS}) ({m('fleetmon_building_info', s)})", instant=True, table_format=True),
-                q(f"max by (customer, building) ({m('fleetmon_building_volume_cubic_meters', s)})", instant=True,
-                  table_format=True),
+                q(
+                    f"max by ({INFO_LABELS}) ({m('fleetmon_building_info', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
+                q(
+                    f"max by (customer, building) ({m('fleetmon_building_volume_cubic_meters', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
             ],
             w=12,
             h=5,
@@ -124,7 +149,9 @@ def build() -> dashboard.Dashboard:
                 w=2 if state != "failing training" else 4,
                 h=5,
                 description=f"models {state}: {meaning}",
-                steps=thresholds((None, "green"), (1, colour)) if state != "ok" else thresholds((None, "green")),
+                steps=thresholds((None, "green"), (1, colour))
+                if state != "ok"
+                else thresholds((None, "green")),
             )
         )
 
@@ -133,13 +160,27 @@ def build() -> dashboard.Dashboard:
     d = d.with_panel(
         ts(
             "Seconds since the newest prediction",
-            [q(f"max by (energy, model) (time() - {m('fleetmon_model_last_prediction_timestamp_seconds', s)})",
-               "{{energy}} {{model}}")],
+            [
+                q(
+                    f"max by (energy, model) (time() - {m('fleetmon_model_last_prediction_timestamp_seconds', s)})",
+                    "{{energy}} {{model}}",
+                )
+            ],
             w=12,
             unit="s",
-            links=[{"title": "Model ${__field.labels.energy} ${__field.labels.model}",
-                    "url": dashboard_url("model", {"customer": "${customer}", "building": "${building}",
-                                                   **fields_of(["energy", "model"])})}],
+            links=[
+                {
+                    "title": "Model ${__field.labels.energy} ${__field.labels.model}",
+                    "url": dashboard_url(
+                        "model",
+                        {
+                            "customer": "${customer}",
+                            "building": "${building}",
+                            **fields_of(["energy", "model"]),
+                        },
+                    ),
+                }
+            ],
         )
     )
     d = d.with_panel(
@@ -151,9 +192,19 @@ def build() -> dashboard.Dashboard:
             min_val=0,
             max_val=1,
             description="share of drifted input columns per model (last drift cycle)",
-            links=[{"title": "Model ${__field.labels.energy} ${__field.labels.model}",
-                    "url": dashboard_url("model", {"customer": "${customer}", "building": "${building}",
-                                                   **fields_of(["energy", "model"])})}],
+            links=[
+                {
+                    "title": "Model ${__field.labels.energy} ${__field.labels.model}",
+                    "url": dashboard_url(
+                        "model",
+                        {
+                            "customer": "${customer}",
+                            "building": "${building}",
+                            **fields_of(["energy", "model"]),
+                        },
+                    ),
+                }
+            ],
         )
     )
     return d

@@ -50,6 +50,7 @@ from grafana_foundation_sdk.models.dashboard import (
     VariableSort,
 )
 from grafana_foundation_sdk.models.dashboard import Threshold as ThresholdStep
+from grafana_foundation_sdk.models.geomap import TooltipMode
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
 # Fixed uids: alert `dashboard_url` annotations and drill-down links point at these.
@@ -238,9 +239,7 @@ def new_dashboard(key: str, title: str, description: str, time_from: str = "now-
     )
 
 
-def fleet_variables(
-    d: dashboard.Dashboard, names: Sequence[str], multi: bool = False
-) -> dashboard.Dashboard:
+def fleet_variables(d: dashboard.Dashboard, names: Sequence[str], multi: bool = False) -> dashboard.Dashboard:
     """Chained query variables customer -> building -> energy -> model, each filtered by the ones before.
 
     `multi`: every variable allows several values and All (fleet-wide views); All is `.*`, not a list of
@@ -275,9 +274,7 @@ def custom_variable(
         .description(description)
         .values(query)
         .current(VariableOption(selected=True, text=default, value=options[default]))
-        .options(
-            [VariableOption(selected=t == default, text=t, value=v) for t, v in options.items()]
-        )
+        .options([VariableOption(selected=t == default, text=t, value=v) for t, v in options.items()])
     )
 
 
@@ -288,8 +285,16 @@ def state_variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
         d,
         "stale_after",
         "Stale after",
-        {"1m": "60", "2m": "120", "5m": "300", "15m": "900", "1h": "3600", "2h": "7200", "6h": "21600",
-         "1d": "86400"},
+        {
+            "1m": "60",
+            "2m": "120",
+            "5m": "300",
+            "15m": "900",
+            "1h": "3600",
+            "2h": "7200",
+            "6h": "21600",
+            "1d": "86400",
+        },
         "2m",
         "a model is stale when its newest prediction is older than this",
     )
@@ -311,7 +316,9 @@ def state_variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
     )
 
 
-def text_variable(d: dashboard.Dashboard, name: str, label: str, default: str, description: str) -> dashboard.Dashboard:
+def text_variable(
+    d: dashboard.Dashboard, name: str, label: str, default: str, description: str
+) -> dashboard.Dashboard:
     return d.with_variable(
         dashboard.TextBoxVariable(name)
         .label(label)
@@ -349,8 +356,12 @@ def row_fields(names: Sequence[str]) -> dict[str, str]:
 
 def link(title: str, url: str, target_blank: bool = False) -> dashboard.DashboardLink:
     return (
-        dashboard.DashboardLink(title).type(DashboardLinkType.LINK).url(url).target_blank(target_blank)
-        .keep_time(False).include_vars(False)
+        dashboard.DashboardLink(title)
+        .type(DashboardLinkType.LINK)
+        .url(url)
+        .target_blank(target_blank)
+        .keep_time(False)
+        .include_vars(False)
     )
 
 
@@ -376,7 +387,9 @@ def column_link(column: str, title: str, url: str) -> tuple[str, list[DynamicCon
 # ------------------------------------------------------------------------------------------- queries
 
 
-def q(expr: str, legend: str = "", ref: str = "A", instant: bool = False, table_format: bool = False) -> prometheus.Dataquery:
+def q(
+    expr: str, legend: str = "", ref: str = "A", instant: bool = False, table_format: bool = False
+) -> prometheus.Dataquery:
     query = prometheus.Dataquery().expr(expr).ref_id(ref).legend_format(legend or "__auto").datasource(DS)
     if instant:
         query = query.instant()
@@ -410,15 +423,34 @@ def row(title: str) -> dashboard.Row:
     return dashboard.Row(title)
 
 
-def ts(title: str, queries: Sequence[prometheus.Dataquery], w: int = 12, h: int = 8, unit: str = "short",
-       description: str = "", stack: bool = False, min_val: float | None = None,
-       max_val: float | None = None, links: Sequence[dict[str, Any]] = (),
-       panel_links: Sequence[dashboard.DashboardLink] = ()) -> timeseries.Panel:
+def ts(
+    title: str,
+    queries: Sequence[prometheus.Dataquery],
+    w: int = 12,
+    h: int = 8,
+    unit: str = "short",
+    description: str = "",
+    stack: bool = False,
+    min_val: float | None = None,
+    max_val: float | None = None,
+    links: Sequence[dict[str, Any]] = (),
+    panel_links: Sequence[dashboard.DashboardLink] = (),
+) -> timeseries.Panel:
     p = (
-        timeseries.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        timeseries.Panel()
+        .title(title)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .description(description)
         .targets(refs(queries))
-        .legend(common.VizLegendOptions().display_mode(LegendDisplayMode.LIST).placement(LegendPlacement.BOTTOM)
-                .show_legend(True))
+        .legend(
+            common.VizLegendOptions()
+            .display_mode(LegendDisplayMode.LIST)
+            .placement(LegendPlacement.BOTTOM)
+            .show_legend(True)
+        )
         .fill_opacity(10 if not stack else 60)
         .line_width(1)
     )
@@ -435,13 +467,29 @@ def ts(title: str, queries: Sequence[prometheus.Dataquery], w: int = 12, h: int 
     return p
 
 
-def stat_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 4, h: int = 4,
-               unit: str = "short", description: str = "", links: Sequence[dict[str, Any]] = (),
-               steps: dashboard.ThresholdsConfig = GREEN, mappings: Sequence[Any] = (),
-               calc: str = "lastNotNull", graph: bool = False, decimals: float | None = None,
-               text_mode: BigValueTextMode = BigValueTextMode.AUTO) -> stat.Panel:
+def stat_panel(
+    title: str,
+    queries: Sequence[prometheus.Dataquery],
+    w: int = 4,
+    h: int = 4,
+    unit: str = "short",
+    description: str = "",
+    links: Sequence[dict[str, Any]] = (),
+    steps: dashboard.ThresholdsConfig = GREEN,
+    mappings: Sequence[Any] = (),
+    calc: str = "lastNotNull",
+    graph: bool = False,
+    decimals: float | None = None,
+    text_mode: BigValueTextMode = BigValueTextMode.AUTO,
+) -> stat.Panel:
     p = (
-        stat.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        stat.Panel()
+        .title(title)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .description(description)
         .targets(refs(queries))
         .reduce_options(common.ReduceDataOptions().calcs([calc]).values(False))
         .color_mode(BigValueColorMode.VALUE)
@@ -455,15 +503,29 @@ def stat_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 4, 
     if decimals is not None:
         p = p.decimals(decimals)
     if links:
-        p = p.data_links([link(x["title"], x["url"]) for x in links])
+        p = p.data_links([link(x["title"], x["url"], bool(x.get("targetBlank"))) for x in links])
     return p
 
 
-def bar_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 8, h: int = 8,
-              unit: str = "short", description: str = "", steps: dashboard.ThresholdsConfig = GREEN,
-              calc: str = "lastNotNull", links: Sequence[dict[str, Any]] = ()) -> bargauge.Panel:
+def bar_panel(
+    title: str,
+    queries: Sequence[prometheus.Dataquery],
+    w: int = 8,
+    h: int = 8,
+    unit: str = "short",
+    description: str = "",
+    steps: dashboard.ThresholdsConfig = GREEN,
+    calc: str = "lastNotNull",
+    links: Sequence[dict[str, Any]] = (),
+) -> bargauge.Panel:
     p = (
-        bargauge.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        bargauge.Panel()
+        .title(title)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .description(description)
         .targets(refs(queries))
         .reduce_options(common.ReduceDataOptions().calcs([calc]).values(False))
         .orientation(VizOrientation.HORIZONTAL)
@@ -471,32 +533,59 @@ def bar_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 8, h
         .min(0)
     )
     if links:
-        p = p.data_links([link(x["title"], x["url"]) for x in links])
+        p = p.data_links([link(x["title"], x["url"], bool(x.get("targetBlank"))) for x in links])
     return p
 
 
-def pie_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 8, h: int = 8,
-              unit: str = "short", description: str = "") -> piechart.Panel:
+def pie_panel(
+    title: str,
+    queries: Sequence[prometheus.Dataquery],
+    w: int = 8,
+    h: int = 8,
+    unit: str = "short",
+    description: str = "",
+) -> piechart.Panel:
     return (
-        piechart.Panel().title(title).datasource(DS).unit(unit).span(w).height(h).description(description)
+        piechart.Panel()
+        .title(title)
+        .datasource(DS)
+        .unit(unit)
+        .span(w)
+        .height(h)
+        .description(description)
         .targets(refs(queries))
         .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
 
 
-def table_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 24, h: int = 8,
-                description: str = "", rename: Mapping[str, str] | None = None,
-                hide: Sequence[str] = ("Time",), units: Mapping[str, str] | None = None,
-                column_links: Sequence[tuple[str, list[DynamicConfigValue]]] = (),
-                state_column: str | None = None, sort_by: str | None = None, desc: bool = True,
-                merge: bool = True, extra_transforms: Sequence[DataTransformerConfig] = ()) -> table.Panel:
+def table_panel(
+    title: str,
+    queries: Sequence[prometheus.Dataquery],
+    w: int = 24,
+    h: int = 8,
+    description: str = "",
+    rename: Mapping[str, str] | None = None,
+    hide: Sequence[str] = ("Time",),
+    units: Mapping[str, str] | None = None,
+    column_links: Sequence[tuple[str, list[DynamicConfigValue]]] = (),
+    state_column: str | None = None,
+    sort_by: str | None = None,
+    desc: bool = True,
+    merge: bool = True,
+    extra_transforms: Sequence[DataTransformerConfig] = (),
+) -> table.Panel:
     """A table of instant, table-format queries merged on their common labels (one row per label set).
 
     `rename` maps a field (a label or `Value #A`) to a column title; `units` sets units by field name
     (before renaming); `column_links` make cells links; `state_column` gets the model-state mappings.
     """
     p = (
-        table.Panel().title(title).datasource(DS).span(w).height(h).description(description)
+        table.Panel()
+        .title(title)
+        .datasource(DS)
+        .span(w)
+        .height(h)
+        .description(description)
         .targets(refs(queries))
         .filterable(True)
     )
@@ -515,7 +604,9 @@ def table_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 24
     )
     p = p.transformations(transforms)
     for field, unit in (units or {}).items():
-        p = p.override_by_name((rename or {}).get(field, field), [DynamicConfigValue(id_val="unit", value=unit)])
+        p = p.override_by_name(
+            (rename or {}).get(field, field), [DynamicConfigValue(id_val="unit", value=unit)]
+        )
     for column, props in column_links:
         p = p.override_by_name(column, props)
     if state_column:
@@ -531,11 +622,23 @@ def table_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 24
     return p
 
 
-def geomap_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 12, h: int = 10,
-                 description: str = "", lat_field: str = "latitude", lon_field: str = "longitude") -> geomap.Panel:
+def geomap_panel(
+    title: str,
+    queries: Sequence[prometheus.Dataquery],
+    w: int = 12,
+    h: int = 10,
+    description: str = "",
+    lat_field: str = "latitude",
+    lon_field: str = "longitude",
+) -> geomap.Panel:
     """Markers at the coordinates carried as labels (strings: converted to numbers first)."""
     return (
-        geomap.Panel().title(title).datasource(DS).span(w).height(h).description(description)
+        geomap.Panel()
+        .title(title)
+        .datasource(DS)
+        .span(w)
+        .height(h)
+        .description(description)
         .targets(refs(queries))
         .transformations(
             [
@@ -553,6 +656,7 @@ def geomap_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 1
         )
         .view(geomap.MapViewConfig().id("fit").zoom(14).max_zoom(15))
         .controls(geomap.ControlsOptions().show_zoom(True).mouse_wheel_zoom(True))
+        .tooltip(geomap.TooltipOptions().mode(TooltipMode.DETAILS))
         .basemap(common.MapLayerOptions().type("default").name("Basemap"))
         .layers(
             [
@@ -566,11 +670,12 @@ def geomap_panel(title: str, queries: Sequence[prometheus.Dataquery], w: int = 1
                     .longitude(lon_field)
                 )
                 .tooltip(True)
-                .config({"showLegend": False, "style": {"size": {"fixed": 8}, "color": {"fixed": "dark-green"}}})
+                .config(
+                    {"showLegend": False, "style": {"size": {"fixed": 8}, "color": {"fixed": "dark-green"}}}
+                )
             ]
         )
     )
-
 
 
 # ------------------------------------------------------------------------------------- shared panels
@@ -591,30 +696,59 @@ def models_table(title: str, s: str, w: int = 24, h: int = 10, description: str 
             q(model_state(s), instant=True, table_format=True),
             q(by_model(m("fleetmon_drift_share", s)), instant=True, table_format=True),
             q(by_model(f"time() - {m(MODEL_SERIES, s)}"), instant=True, table_format=True),
-            q(by_model(f"{m('fleetmon_model_mae_joules', s, window=short)} / {KWH}"), instant=True,
-              table_format=True),
-            q(by_model(f"{m('fleetmon_model_mae_joules', s, window=SHORT_WINDOW)} / ignoring (window) "
-                       f"{m('fleetmon_model_mae_joules', s, window=LONG_WINDOW)}"), instant=True,
-              table_format=True),
-            q(by_model(m("fleetmon_model_actual_coverage_ratio", s, window=short)), instant=True,
-              table_format=True),
+            q(
+                by_model(f"{m('fleetmon_model_mae_joules', s, window=short)} / {KWH}"),
+                instant=True,
+                table_format=True,
+            ),
+            q(
+                by_model(
+                    f"{m('fleetmon_model_mae_joules', s, window=SHORT_WINDOW)} / ignoring (window) "
+                    f"{m('fleetmon_model_mae_joules', s, window=LONG_WINDOW)}"
+                ),
+                instant=True,
+                table_format=True,
+            ),
+            q(
+                by_model(m("fleetmon_model_actual_coverage_ratio", s, window=short)),
+                instant=True,
+                table_format=True,
+            ),
             q(by_model(m("fleetmon_model_anomaly_ratio", s, window=short)), instant=True, table_format=True),
         ],
         w=w,
         h=h,
-        description=description or "worst state of each model (see the dashboard's state variables), "
+        description=description
+        or "worst state of each model (see the dashboard's state variables), "
         f"drift share, seconds since the newest prediction, {short} MAE (kWh) and against the "
         f"{LONG_WINDOW} MAE, share of matured predictions with an actual, anomaly detectors' flagged share",
-        rename={"Value #A": "state", "Value #B": "drift share", "Value #C": "prediction age",
-                "Value #D": f"MAE {short} (kWh)", "Value #E": f"MAE {short}/{LONG_WINDOW}",
-                "Value #F": f"coverage {short}", "Value #G": f"anomalies {short}"},
-        units={"Value #B": "percentunit", "Value #C": "s", "Value #D": "kwatth", "Value #F": "percentunit",
-               "Value #G": "percentunit"},
+        rename={
+            "Value #A": "state",
+            "Value #B": "drift share",
+            "Value #C": "prediction age",
+            "Value #D": f"MAE {short} (kWh)",
+            "Value #E": f"MAE {short}/{LONG_WINDOW}",
+            "Value #F": f"coverage {short}",
+            "Value #G": f"anomalies {short}",
+        },
+        units={
+            "Value #B": "percentunit",
+            "Value #C": "s",
+            "Value #D": "kwatth",
+            "Value #F": "percentunit",
+            "Value #G": "percentunit",
+        },
         column_links=[
-            column_link("model", "Model ${__data.fields.building} ${__data.fields.energy} ${__data.fields.model}",
-                        dashboard_url("model", row_fields(list(FLEET_LABELS)))),
-            column_link("building", "Building ${__data.fields.building}",
-                        dashboard_url("building", row_fields(["customer", "building"]))),
+            column_link(
+                "model",
+                "Model ${__data.fields.building} ${__data.fields.energy} ${__data.fields.model}",
+                dashboard_url("model", row_fields(list(FLEET_LABELS))),
+            ),
+            column_link(
+                "building",
+                "Building ${__data.fields.building}",
+                dashboard_url("building", row_fields(["customer", "building"])),
+            ),
         ],
         state_column="state",
         sort_by="state",

@@ -47,8 +47,9 @@ def build() -> dashboard.Dashboard:
 
     d = d.with_row(row("Models by state"))
     d = d.with_panel(
-        stat_panel("Building count", [q(f"count({m('fleetmon_building_info', s)})", "buildings", instant=True)],
-                   w=4)
+        stat_panel(
+            "Building count", [q(f"count({m('fleetmon_building_info', s)})", "buildings", instant=True)], w=4
+        )
     )
     for state, (_code, colour, meaning) in STATES.items():
         d = d.with_panel(
@@ -57,7 +58,9 @@ def build() -> dashboard.Dashboard:
                 [q(count_in_state(state, s), state, instant=True)],
                 w=4,
                 description=f"models {state}: {meaning}",
-                steps=thresholds((None, "green"), (1, colour)) if state != "ok" else thresholds((None, "green")),
+                steps=thresholds((None, "green"), (1, colour))
+                if state != "ok"
+                else thresholds((None, "green")),
             )
         )
 
@@ -67,26 +70,44 @@ def build() -> dashboard.Dashboard:
         table_panel(
             "Buildings",
             [
-                q(f"max by (customer, building, building_type, weather_station) ({m('fleetmon_building_info', s)})",
-                  instant=True, table_format=True),
+                q(
+                    f"max by (customer, building, building_type, weather_station) ({m('fleetmon_building_info', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
                 q(f"count by ({BY_BUILDING}) ({fleet_models(s)})", instant=True, table_format=True),
-                q(f"count by ({BY_BUILDING}) ({fleet_models(s)} unless on (customer, building, energy, model) "
-                  f"({in_state('ok', s)})) or count by ({BY_BUILDING}) ({fleet_models(s)}) * 0",
-                  instant=True, table_format=True),
+                q(
+                    f"count by ({BY_BUILDING}) ({fleet_models(s)} unless on (customer, building, energy, model) "
+                    f"({in_state('ok', s)})) or count by ({BY_BUILDING}) ({fleet_models(s)}) * 0",
+                    instant=True,
+                    table_format=True,
+                ),
                 q(f"max by ({BY_BUILDING}) ({model_state(s)})", instant=True, table_format=True),
-                q(f"sum by ({BY_BUILDING}) (max by (customer, building, energy) ({actual})) / {KWH}",
-                  instant=True, table_format=True),
+                q(
+                    f"sum by ({BY_BUILDING}) (max by (customer, building, energy) ({actual})) / {KWH}",
+                    instant=True,
+                    table_format=True,
+                ),
             ],
             h=10,
             description="the customer's buildings, how many of their models are not ok, the worst state and "
             "the latest hour's consumption (all energy types, kWh)",
             hide=("Time", "Value #A"),
-            rename={"Value #B": "models", "Value #C": "models not ok", "Value #D": "worst state",
-                    "Value #E": "latest hour (kWh)", "building_type": "type", "weather_station": "weather station"},
+            rename={
+                "Value #B": "models",
+                "Value #C": "models not ok",
+                "Value #D": "worst state",
+                "Value #E": "latest hour (kWh)",
+                "building_type": "type",
+                "weather_station": "weather station",
+            },
             units={"Value #E": "kwatth"},
             column_links=[
-                column_link("building", "Building ${__data.fields.building}",
-                            dashboard_url("building", row_fields(["customer", "building"]))),
+                column_link(
+                    "building",
+                    "Building ${__data.fields.building}",
+                    dashboard_url("building", row_fields(["customer", "building"])),
+                ),
             ],
             state_column="worst state",
             sort_by="worst state",
@@ -98,8 +119,13 @@ def build() -> dashboard.Dashboard:
     d = d.with_panel(
         stat_panel(
             "Consumption, latest hour",
-            [q(f"sum by (energy) (max by (customer, building, energy) ({actual})) / {KWH}", "{{energy}}",
-               instant=True)],
+            [
+                q(
+                    f"sum by (energy) (max by (customer, building, energy) ({actual})) / {KWH}",
+                    "{{energy}}",
+                    instant=True,
+                )
+            ],
             w=6,
             h=8,
             unit="kwatth",
@@ -124,9 +150,14 @@ def build() -> dashboard.Dashboard:
             w=9,
             h=8,
             unit="kwatth",
-            links=[{"title": "Building ${__field.labels.building}",
-                    "url": dashboard_url("building", {"customer": "${customer}",
-                                                      "building": "${__field.labels.building}"})}],
+            links=[
+                {
+                    "title": "Building ${__field.labels.building}",
+                    "url": dashboard_url(
+                        "building", {"customer": "${customer}", "building": "${__field.labels.building}"}
+                    ),
+                }
+            ],
         )
     )
     d = d.with_panel(

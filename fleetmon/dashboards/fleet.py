@@ -52,8 +52,12 @@ def build() -> dashboard.Dashboard:
 
     d = d.with_row(row("Models by state"))
     d = d.with_panel(
-        stat_panel("Models", [q(f"count({fleet_models('')})", "models", instant=True)], w=4,
-                   description="every fleet model: those with predictions and those MLflow knows")
+        stat_panel(
+            "Models",
+            [q(f"count({fleet_models('')})", "models", instant=True)],
+            w=4,
+            description="every fleet model: those with predictions and those MLflow knows",
+        )
     )
     for state, (_code, colour, meaning) in STATES.items():
         links = []
@@ -65,7 +69,9 @@ def build() -> dashboard.Dashboard:
                 [q(count_in_state(state, ""), state, instant=True)],
                 w=4,
                 description=f"models {state}: {meaning}",
-                steps=thresholds((None, "green"), (1, colour)) if state != "ok" else thresholds((None, "green")),
+                steps=thresholds((None, "green"), (1, colour))
+                if state != "ok"
+                else thresholds((None, "green")),
                 links=links,
             )
         )
@@ -88,22 +94,40 @@ def build() -> dashboard.Dashboard:
             [
                 q(top, instant=True, table_format=True),
                 q(f"max by ({BY_BUILDING}) ({model_state('')}){restrict}", instant=True, table_format=True),
-                q(f"max by ({BY_BUILDING}) (fleetmon_drift_share){restrict}", instant=True, table_format=True),
-                q(f"max by ({BY_BUILDING}) (time() - {m('fleetmon_model_last_prediction_timestamp_seconds')})"
-                  f"{restrict}", instant=True, table_format=True),
+                q(
+                    f"max by ({BY_BUILDING}) (fleetmon_drift_share){restrict}",
+                    instant=True,
+                    table_format=True,
+                ),
+                q(
+                    f"max by ({BY_BUILDING}) (time() - {m('fleetmon_model_last_prediction_timestamp_seconds')})"
+                    f"{restrict}",
+                    instant=True,
+                    table_format=True,
+                ),
             ],
             w=12,
             h=10,
             description="the 10 buildings with the most models in a bad state; worst state of their models, "
             "highest drift share, oldest newest-prediction",
-            rename={"Value #A": "models not ok", "Value #B": "worst state", "Value #C": "max drift share",
-                    "Value #D": "oldest prediction age"},
+            rename={
+                "Value #A": "models not ok",
+                "Value #B": "worst state",
+                "Value #C": "max drift share",
+                "Value #D": "oldest prediction age",
+            },
             units={"Value #C": "percentunit", "Value #D": "s"},
             column_links=[
-                column_link("building", "Building ${__data.fields.building}",
-                            dashboard_url("building", row_fields(["customer", "building"]))),
-                column_link("customer", "Customer ${__data.fields.customer}",
-                            dashboard_url("customer", row_fields(["customer"]))),
+                column_link(
+                    "building",
+                    "Building ${__data.fields.building}",
+                    dashboard_url("building", row_fields(["customer", "building"])),
+                ),
+                column_link(
+                    "customer",
+                    "Customer ${__data.fields.customer}",
+                    dashboard_url("customer", row_fields(["customer"])),
+                ),
             ],
             state_column="worst state",
             sort_by="models not ok",
@@ -118,16 +142,25 @@ def build() -> dashboard.Dashboard:
             description="Prometheus' ALERTS series (empty when nothing fires); open Alertmanager for silences",
             hide=("Time", "Value", "alertstate"),
             column_links=[
-                column_link("building", "Building ${__data.fields.building}",
-                            dashboard_url("building", row_fields(["customer", "building"]))),
+                column_link(
+                    "building",
+                    "Building ${__data.fields.building}",
+                    dashboard_url("building", row_fields(["customer", "building"])),
+                ),
             ],
         )
     )
     d = d.with_panel(
         stat_panel(
             "Firing alerts by severity",
-            [q('count by (severity) (ALERTS{alertstate="firing"}) or on () label_replace(vector(0), "severity", '
-               '"none", "", "")', "{{severity}}", instant=True)],
+            [
+                q(
+                    'count by (severity) (ALERTS{alertstate="firing"}) or on () label_replace(vector(0), "severity", '
+                    '"none", "", "")',
+                    "{{severity}}",
+                    instant=True,
+                )
+            ],
             w=24,
             h=3,
             description="firing alerts by severity (the Watchdog always fires: it proves the alerting path)",
@@ -148,11 +181,17 @@ def build() -> dashboard.Dashboard:
             w=24,
             h=8,
             description="buildings and models of each customer, and how many models are in each state",
-            rename={"Value #A": "buildings", "Value #B": "models",
-                    **{f"Value #{chr(ord('C') + i)}": state for i, state in enumerate(STATES)}},
+            rename={
+                "Value #A": "buildings",
+                "Value #B": "models",
+                **{f"Value #{chr(ord('C') + i)}": state for i, state in enumerate(STATES)},
+            },
             column_links=[
-                column_link("customer", "Customer ${__data.fields.customer}",
-                            dashboard_url("customer", row_fields(["customer"]))),
+                column_link(
+                    "customer",
+                    "Customer ${__data.fields.customer}",
+                    dashboard_url("customer", row_fields(["customer"])),
+                ),
             ],
             sort_by="customer",
             desc=False,
@@ -161,23 +200,39 @@ def build() -> dashboard.Dashboard:
 
     d = d.with_row(row("Sources"))
     d = d.with_panel(
-        stat_panel("Exporter targets up", [q('up{job=~"fleetmon-.*"}', "{{job}}", instant=True)], w=8,
-                   steps=thresholds((None, "red"), (1, "green")),
-                   description="Prometheus scrape health of each fleetmon exporter (1 up, 0 down)")
+        stat_panel(
+            "Exporter targets up",
+            [q('up{job=~"fleetmon-.*"}', "{{job}}", instant=True)],
+            w=8,
+            steps=thresholds((None, "red"), (1, "green")),
+            description="Prometheus scrape health of each fleetmon exporter (1 up, 0 down)",
+        )
     )
     d = d.with_panel(
-        stat_panel("MLflow reachable", [q("fleetmon_mlflow_up", "mlflow", instant=True)], w=4,
-                   steps=thresholds((None, "red"), (1, "green")),
-                   description="1 if the MLflow exporter's last poll succeeded")
+        stat_panel(
+            "MLflow reachable",
+            [q("fleetmon_mlflow_up", "mlflow", instant=True)],
+            w=4,
+            steps=thresholds((None, "red"), (1, "green")),
+            description="1 if the MLflow exporter's last poll succeeded",
+        )
     )
     d = d.with_panel(
-        stat_panel("Outputs sources up", [q("fleetmon_outputs_source_up", "{{source}}", instant=True)], w=6,
-                   steps=thresholds((None, "red"), (1, "green")),
-                   description="1 if the model-outputs source was read without error on the last poll")
+        stat_panel(
+            "Outputs sources up",
+            [q("fleetmon_outputs_source_up", "{{source}}", instant=True)],
+            w=6,
+            steps=thresholds((None, "red"), (1, "green")),
+            description="1 if the model-outputs source was read without error on the last poll",
+        )
     )
     d = d.with_panel(
-        stat_panel("Drift results age", [q("time() - fleetmon_drift_last_success_timestamp_seconds", "drift",
-                                           instant=True)], w=6, unit="s",
-                   description="seconds since the last successful drift cycle (the drift series are from it)")
+        stat_panel(
+            "Drift results age",
+            [q("time() - fleetmon_drift_last_success_timestamp_seconds", "drift", instant=True)],
+            w=6,
+            unit="s",
+            description="seconds since the last successful drift cycle (the drift series are from it)",
+        )
     )
     return d

@@ -3,6 +3,8 @@ aliases, training history, and a link to the Evidently HTML report of this build
 
 from __future__ import annotations
 
+from typing import Any
+
 from grafana_foundation_sdk.builders import dashboard
 
 from fleetmon.dashboards.common import (
@@ -62,60 +64,107 @@ def build() -> dashboard.Dashboard:
         ],
     )
     d = d.link(link("Evidently drift report", REPORT_URL, target_blank=True).icon("doc"))
-    report = {"title": "Evidently drift report (${building} ${energy} ${model})", "url": REPORT_URL}
+    report: dict[str, Any] = {
+        "title": "Evidently drift report (${building} ${energy} ${model})",
+        "url": REPORT_URL,
+        "targetBlank": True,
+    }
 
     d = d.with_row(row("Summary"))
     d = d.with_panel(
-        stat_panel("State", [q(model_state(s), "state", instant=True)], w=4, mappings=state_mappings(),
-                   steps=thresholds((None, "green"), (1, "yellow"), (2, "orange"), (4, "red")),
-                   description="worst state (thresholds: the dashboard's state variables)")
+        stat_panel(
+            "State",
+            [q(model_state(s), "state", instant=True)],
+            w=4,
+            mappings=state_mappings(),
+            steps=thresholds((None, "green"), (1, "yellow"), (2, "orange"), (4, "red")),
+            description="worst state (thresholds: the dashboard's state variables)",
+        )
     )
     d = d.with_panel(
-        stat_panel("Drift share", [q(m("fleetmon_drift_share", s), "drift share", instant=True)], w=4,
-                   unit="percentunit", steps=thresholds((None, "green"), (0.5, "orange")), links=[report],
-                   description="share of drifted input columns in the last drift cycle")
+        stat_panel(
+            "Drift share",
+            [q(m("fleetmon_drift_share", s), "drift share", instant=True)],
+            w=4,
+            unit="percentunit",
+            steps=thresholds((None, "green"), (0.5, "orange")),
+            links=[report],
+            description="share of drifted input columns in the last drift cycle",
+        )
     )
     d = d.with_panel(
-        stat_panel("Prediction age",
-                   [q(f"time() - {m('fleetmon_model_last_prediction_timestamp_seconds', s)}", "age",
-                      instant=True)],
-                   w=4, unit="s", description="seconds since the newest accepted prediction was made")
+        stat_panel(
+            "Prediction age",
+            [q(f"time() - {m('fleetmon_model_last_prediction_timestamp_seconds', s)}", "age", instant=True)],
+            w=4,
+            unit="s",
+            description="seconds since the newest accepted prediction was made",
+        )
     )
     d = d.with_panel(
-        stat_panel(f"Coverage {SHORT_WINDOW}",
-                   [q(m("fleetmon_model_actual_coverage_ratio", s, window=SHORT_WINDOW), "coverage", instant=True)],
-                   w=4, unit="percentunit",
-                   description="share of matured predictions with an actual")
+        stat_panel(
+            f"Coverage {SHORT_WINDOW}",
+            [q(m("fleetmon_model_actual_coverage_ratio", s, window=SHORT_WINDOW), "coverage", instant=True)],
+            w=4,
+            unit="percentunit",
+            description="share of matured predictions with an actual",
+        )
     )
     d = d.with_panel(
-        stat_panel("Champion version",
-                   [q(m("fleetmon_mlflow_model_alias_version", s, alias="champion"), "champion", instant=True)],
-                   w=4, description="registered model version the `champion` alias points to")
+        stat_panel(
+            "Champion version",
+            [q(m("fleetmon_mlflow_model_alias_version", s, alias="champion"), "champion", instant=True)],
+            w=4,
+            description="registered model version the `champion` alias points to",
+        )
     )
     d = d.with_panel(
-        stat_panel("Last successful training",
-                   [q(f"time() - {m('fleetmon_mlflow_training_last_success_timestamp_seconds', s)}", "age",
-                      instant=True)],
-                   w=4, unit="s", description="seconds since the newest finished MLflow run ended")
+        stat_panel(
+            "Last successful training",
+            [
+                q(
+                    f"time() - {m('fleetmon_mlflow_training_last_success_timestamp_seconds', s)}",
+                    "age",
+                    instant=True,
+                )
+            ],
+            w=4,
+            unit="s",
+            description="seconds since the newest finished MLflow run ended",
+        )
     )
 
     d = d.with_row(row("Drift"))
     d = d.with_panel(
-        ts("Drift score per feature",
-           [q(f"max by (column, stattest) ({m('fleetmon_drift_column_score', s)})", "{{column}} ({{stattest}})")],
-           w=12, h=9,
-           description="Evidently's score per column: p-value for ks / chisquare / z (drift when small), "
-           "distance for wasserstein / jensenshannon (drift when large)",
-           panel_links=[link(report["title"], report["url"], target_blank=True)])
+        ts(
+            "Drift score per feature",
+            [
+                q(
+                    f"max by (column, stattest) ({m('fleetmon_drift_column_score', s)})",
+                    "{{column}} ({{stattest}})",
+                )
+            ],
+            w=12,
+            h=9,
+            description="Evidently's score per column: p-value for ks / chisquare / z (drift when small), "
+            "distance for wasserstein / jensenshannon (drift when large)",
+            panel_links=[link(report["title"], report["url"], target_blank=True)],
+        )
     )
     d = d.with_panel(
         table_panel(
             "Features now",
             [
-                q(f"max by (column, stattest) ({m('fleetmon_drift_column_score', s)})", instant=True,
-                  table_format=True),
-                q(f"max by (column, stattest) ({m('fleetmon_drift_column_drifted', s)})", instant=True,
-                  table_format=True),
+                q(
+                    f"max by (column, stattest) ({m('fleetmon_drift_column_score', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
+                q(
+                    f"max by (column, stattest) ({m('fleetmon_drift_column_drifted', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
             ],
             w=12,
             h=9,
@@ -125,94 +174,182 @@ def build() -> dashboard.Dashboard:
         )
     )
     d = d.with_panel(
-        ts("Drift share and dataset drift",
-           [q(m("fleetmon_drift_share", s), "drift share"), q(m("fleetmon_drift_dataset_drifted", s), "dataset drifted")],
-           w=12, h=7, min_val=0, max_val=1,
-           panel_links=[link(report["title"], report["url"], target_blank=True)])
+        ts(
+            "Drift share and dataset drift",
+            [
+                q(m("fleetmon_drift_share", s), "drift share"),
+                q(m("fleetmon_drift_dataset_drifted", s), "dataset drifted"),
+            ],
+            w=12,
+            h=7,
+            min_val=0,
+            max_val=1,
+            panel_links=[link(report["title"], report["url"], target_blank=True)],
+        )
     )
     d = d.with_panel(
-        ts("Drift windows (rows)",
-           [q(m("fleetmon_drift_reference_rows", s), "reference"), q(m("fleetmon_drift_current_rows", s), "current"),
-            q(f"count({m('fleetmon_drift_column_computable', s)} == 0) or vector(0)", "columns not computable")],
-           w=12, h=7,
-           description="rows in the reference and current windows of each drift cycle, and columns whose "
-           "drift could not be computed")
+        ts(
+            "Drift windows (rows)",
+            [
+                q(m("fleetmon_drift_reference_rows", s), "reference"),
+                q(m("fleetmon_drift_current_rows", s), "current"),
+                q(
+                    f"count({m('fleetmon_drift_column_computable', s)} == 0) or vector(0)",
+                    "columns not computable",
+                ),
+            ],
+            w=12,
+            h=7,
+            description="rows in the reference and current windows of each drift cycle, and columns whose "
+            "drift could not be computed",
+        )
     )
 
     d = d.with_row(row("Quality"))
     err = {metric: m(f"fleetmon_model_{metric}_joules", s) for metric in ("mae", "rmse", "bias")}
     d = d.with_panel(
-        ts("Error (kWh): MAE, RMSE, bias",
-           [q(f"{err['mae']} / {KWH}", "MAE {{window}}"), q(f"{err['rmse']} / {KWH}", "RMSE {{window}}"),
-            q(f"{err['bias']} / {KWH}", "bias {{window}}")],
-           w=12, h=8, unit="kwatth",
-           description="forecasters, over the matured predictions with an actual in each window; bias > 0 "
-           "= over-forecast")
+        ts(
+            "Error (kWh): MAE, RMSE, bias",
+            [
+                q(f"{err['mae']} / {KWH}", "MAE {{window}}"),
+                q(f"{err['rmse']} / {KWH}", "RMSE {{window}}"),
+                q(f"{err['bias']} / {KWH}", "bias {{window}}"),
+            ],
+            w=12,
+            h=8,
+            unit="kwatth",
+            description="forecasters, over the matured predictions with an actual in each window; bias > 0 "
+            "= over-forecast",
+        )
     )
     d = d.with_panel(
-        ts("MAPE", [q(m("fleetmon_model_mape_ratio", s), "MAPE {{window}}")], w=6, h=8, unit="percentunit",
-           description="forecasters: mean |error| / |actual|")
+        ts(
+            "MAPE",
+            [q(m("fleetmon_model_mape_ratio", s), "MAPE {{window}}")],
+            w=6,
+            h=8,
+            unit="percentunit",
+            description="forecasters: mean |error| / |actual|",
+        )
     )
     d = d.with_panel(
-        ts("Actual coverage", [q(m("fleetmon_model_actual_coverage_ratio", s), "{{window}}")], w=6, h=8,
-           unit="percentunit", min_val=0, max_val=1,
-           description="share of matured predictions that have an actual")
+        ts(
+            "Actual coverage",
+            [q(m("fleetmon_model_actual_coverage_ratio", s), "{{window}}")],
+            w=6,
+            h=8,
+            unit="percentunit",
+            min_val=0,
+            max_val=1,
+            description="share of matured predictions that have an actual",
+        )
     )
     d = d.with_panel(
-        ts("Anomalies flagged", [q(m("fleetmon_model_anomaly_ratio", s), "{{window}}")], w=12, h=7,
-           unit="percentunit", description="anomaly detectors: share of scored rows flagged anomalous")
+        ts(
+            "Anomalies flagged",
+            [q(m("fleetmon_model_anomaly_ratio", s), "{{window}}")],
+            w=12,
+            h=7,
+            unit="percentunit",
+            description="anomaly detectors: share of scored rows flagged anomalous",
+        )
     )
     d = d.with_panel(
-        ts("Anomaly score quantiles",
-           [q(m("fleetmon_model_anomaly_score_quantile", s, window=SHORT_WINDOW), "q{{q}}")],
-           w=12, h=7, min_val=0, max_val=1,
-           description=f"anomaly detectors: score quantiles over {SHORT_WINDOW}")
+        ts(
+            "Anomaly score quantiles",
+            [q(m("fleetmon_model_anomaly_score_quantile", s, window=SHORT_WINDOW), "q{{q}}")],
+            w=12,
+            h=7,
+            min_val=0,
+            max_val=1,
+            description=f"anomaly detectors: score quantiles over {SHORT_WINDOW}",
+        )
     )
 
     d = d.with_row(row("Freshness and volume"))
     d = d.with_panel(
-        ts("Seconds since the newest prediction",
-           [q(f"time() - {m('fleetmon_model_last_prediction_timestamp_seconds', s)}", "prediction age")],
-           w=8, unit="s")
+        ts(
+            "Seconds since the newest prediction",
+            [q(f"time() - {m('fleetmon_model_last_prediction_timestamp_seconds', s)}", "prediction age")],
+            w=8,
+            unit="s",
+        )
     )
     d = d.with_panel(
-        ts("Predictions and actuals per hour",
-           [q(f"rate({m('fleetmon_model_predictions_total', s)}[$__rate_interval]) * 3600", "predictions"),
-            q(f"rate({m('fleetmon_building_actuals_total', b)}[$__rate_interval]) * 3600", "actuals")],
-           w=8, description="records accepted per hour of wall time")
+        ts(
+            "Predictions and actuals per hour",
+            [
+                q(
+                    f"rate({m('fleetmon_model_predictions_total', s)}[$__rate_interval]) * 3600",
+                    "predictions",
+                ),
+                q(f"rate({m('fleetmon_building_actuals_total', b)}[$__rate_interval]) * 3600", "actuals"),
+            ],
+            w=8,
+            description="records accepted per hour of wall time",
+        )
     )
     d = d.with_panel(
-        ts("Matured predictions",
-           [q(m("fleetmon_model_matured_predictions", s), "matured {{window}}"),
-            q(m("fleetmon_model_matured_predictions_with_actual", s), "with actual {{window}}")],
-           w=8, description="predictions whose target time has passed, per window")
+        ts(
+            "Matured predictions",
+            [
+                q(m("fleetmon_model_matured_predictions", s), "matured {{window}}"),
+                q(m("fleetmon_model_matured_predictions_with_actual", s), "with actual {{window}}"),
+            ],
+            w=8,
+            description="predictions whose target time has passed, per window",
+        )
     )
 
     d = d.with_row(row("Data quality"))
     d = d.with_panel(
-        ts("Missing feature values",
-           [q(m("fleetmon_model_feature_missing_ratio", s, window=SHORT_WINDOW), "{{feature}}")],
-           w=8, unit="percentunit", description=f"share of the {SHORT_WINDOW} rows whose feature is null / NaN")
+        ts(
+            "Missing feature values",
+            [q(m("fleetmon_model_feature_missing_ratio", s, window=SHORT_WINDOW), "{{feature}}")],
+            w=8,
+            unit="percentunit",
+            description=f"share of the {SHORT_WINDOW} rows whose feature is null / NaN",
+        )
     )
     d = d.with_panel(
-        stat_panel("Schema mismatch", [q(m("fleetmon_outputs_schema_mismatch", s), "{{kind}}", instant=True)],
-                   w=8, h=8, steps=thresholds((None, "green"), (1, "red")),
-                   description="feature columns missing / unexpected in the newest prediction rows")
+        stat_panel(
+            "Schema mismatch",
+            [q(m("fleetmon_outputs_schema_mismatch", s), "{{kind}}", instant=True)],
+            w=8,
+            h=8,
+            steps=thresholds((None, "green"), (1, "red")),
+            description="feature columns missing / unexpected in the newest prediction rows",
+        )
     )
     d = d.with_panel(
-        bar_panel("Rejected rows in range",
-                  [q(f"sum by (reason) (increase({m('fleetmon_outputs_rows_rejected_total', s)}[$__range]))"
-                     ' or on () label_replace(vector(0), "reason", "none", "", "")', "{{reason}}", instant=True)],
-                  w=8, steps=thresholds((None, "green"), (1, "red")),
-                  description="this model's rows rejected (and quarantined) by reason in the time range")
+        bar_panel(
+            "Rejected rows in range",
+            [
+                q(
+                    f"sum by (reason) (increase({m('fleetmon_outputs_rows_rejected_total', s)}[$__range]))"
+                    ' or on () label_replace(vector(0), "reason", "none", "", "")',
+                    "{{reason}}",
+                    instant=True,
+                )
+            ],
+            w=8,
+            steps=thresholds((None, "green"), (1, "red")),
+            description="this model's rows rejected (and quarantined) by reason in the time range",
+        )
     )
 
     d = d.with_row(row("Versions and aliases"))
     d = d.with_panel(
         table_panel(
             "Registry versions",
-            [q("max by (version, alias, stage, flavor, run_id, params_digest) "
-               f"({m('fleetmon_mlflow_model_version_info', s)})", instant=True, table_format=True)],
+            [
+                q(
+                    "max by (version, alias, stage, flavor, run_id, params_digest) "
+                    f"({m('fleetmon_mlflow_model_version_info', s)})",
+                    instant=True,
+                    table_format=True,
+                )
+            ],
             w=12,
             h=7,
             description="versions an alias points to (`latest` = newest version); params_digest identifies "
@@ -222,30 +359,54 @@ def build() -> dashboard.Dashboard:
         )
     )
     d = d.with_panel(
-        ts("Alias versions",
-           [q(m("fleetmon_mlflow_model_alias_version", s), "{{alias}}"),
-            q(m("fleetmon_mlflow_model_versions", s), "versions")],
-           w=12, h=7, description="which version each alias points to, over time (a step = a promotion)")
+        ts(
+            "Alias versions",
+            [
+                q(m("fleetmon_mlflow_model_alias_version", s), "{{alias}}"),
+                q(m("fleetmon_mlflow_model_versions", s), "versions"),
+            ],
+            w=12,
+            h=7,
+            description="which version each alias points to, over time (a step = a promotion)",
+        )
     )
 
     d = d.with_row(row("Training history"))
     d = d.with_panel(
-        ts("Runs by status", [q(f"max by (status) ({m('fleetmon_mlflow_runs', s)})", "{{status}}")], w=8,
-           description="MLflow runs of this model by status")
+        ts(
+            "Runs by status",
+            [q(f"max by (status) ({m('fleetmon_mlflow_runs', s)})", "{{status}}")],
+            w=8,
+            description="MLflow runs of this model by status",
+        )
     )
     d = d.with_panel(
-        ts("Run duration", [q(m("fleetmon_mlflow_run_duration_seconds", s), "{{kind}}")], w=8, unit="s",
-           description="newest finished run: wall time and the logged training / inference durations")
+        ts(
+            "Run duration",
+            [q(m("fleetmon_mlflow_run_duration_seconds", s), "{{kind}}")],
+            w=8,
+            unit="s",
+            description="newest finished run: wall time and the logged training / inference durations",
+        )
     )
     d = d.with_panel(
-        ts("Training metrics (MLflow)", [q(m("fleetmon_mlflow_model_quality", s), "{{metric}}")], w=8,
-           description="quality metrics the newest finished run logged")
+        ts(
+            "Training metrics (MLflow)",
+            [q(m("fleetmon_mlflow_model_quality", s), "{{metric}}")],
+            w=8,
+            description="quality metrics the newest finished run logged",
+        )
     )
     d = d.with_panel(
         stat_panel(
             "Batch job (Pushgateway)",
-            [q(f"max by (job, outcome) ({m('fleetmon_batch_job_last_outcome', s)}) == 1", "{{job}} {{outcome}}",
-               instant=True)],
+            [
+                q(
+                    f"max by (job, outcome) ({m('fleetmon_batch_job_last_outcome', s)}) == 1",
+                    "{{job}} {{outcome}}",
+                    instant=True,
+                )
+            ],
             w=24,
             h=3,
             description="last outcome pushed by the model's batch jobs (`fleetmon push`); empty until a job pushes",

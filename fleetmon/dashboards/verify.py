@@ -40,11 +40,33 @@ ALL = "$__all"
 def round_interval(ms: float) -> float:
     """Grafana's `rangeutil.roundInterval` (milliseconds in, milliseconds out)."""
     steps = [
-        (15, 10), (35, 20), (75, 50), (150, 100), (350, 200), (750, 500), (1500, 1000), (3500, 2000),
-        (7500, 5000), (12500, 10000), (17500, 15000), (25000, 20000), (45000, 30000), (90000, 60000),
-        (210000, 120000), (450000, 300000), (750000, 600000), (1050000, 900000), (1500000, 1200000),
-        (2700000, 1800000), (5400000, 3600000), (9000000, 7200000), (16200000, 10800000),
-        (32400000, 21600000), (86400000, 43200000), (604800000, 86400000), (1814400000, 604800000),
+        (15, 10),
+        (35, 20),
+        (75, 50),
+        (150, 100),
+        (350, 200),
+        (750, 500),
+        (1500, 1000),
+        (3500, 2000),
+        (7500, 5000),
+        (12500, 10000),
+        (17500, 15000),
+        (25000, 20000),
+        (45000, 30000),
+        (90000, 60000),
+        (210000, 120000),
+        (450000, 300000),
+        (750000, 600000),
+        (1050000, 900000),
+        (1500000, 1200000),
+        (2700000, 1800000),
+        (5400000, 3600000),
+        (9000000, 7200000),
+        (16200000, 10800000),
+        (32400000, 21600000),
+        (86400000, 43200000),
+        (604800000, 86400000),
+        (1814400000, 604800000),
         (3628800000, 2592000000),
     ]
     for bound, value in steps:
@@ -235,8 +257,9 @@ def variable_options(var: Variable, prom: Prometheus, ctx: Context) -> list[str]
     raise ValueError(f"variable {var.name}: unsupported type {var.type!r}")
 
 
-def resolve(dashboard: Mapping[str, Any], prom: Prometheus, ctx: Context,
-            overrides: Mapping[str, str] | None = None) -> list[str]:
+def resolve(
+    dashboard: Mapping[str, Any], prom: Prometheus, ctx: Context, overrides: Mapping[str, str] | None = None
+) -> list[str]:
     """Fill `ctx` with every variable of the dashboard, in order; returns the names of empty query variables.
 
     Query variables take their first value (or `overrides[name]`); the others keep their saved value.
@@ -311,17 +334,27 @@ class Result:
 
 
 def last_query_variable(dashboard: Mapping[str, Any]) -> str | None:
-    names = [v["name"] for v in (dashboard.get("templating") or {}).get("list") or [] if v.get("type") == "query"]
+    names = [
+        v["name"] for v in (dashboard.get("templating") or {}).get("list") or [] if v.get("type") == "query"
+    ]
     return names[-1] if names else None
 
 
-def run_dashboard(dashboard: Mapping[str, Any], prom: Prometheus, now: float | None = None,
-                  range_s: float | None = None, only: set[str] | None = None,
-                  max_alternatives: int = 8) -> list[Result]:
+def run_dashboard(
+    dashboard: Mapping[str, Any],
+    prom: Prometheus,
+    now: float | None = None,
+    range_s: float | None = None,
+    only: set[str] | None = None,
+    max_alternatives: int = 8,
+) -> list[Result]:
     """Every target of the dashboard (or those whose key is in `only`), with the fallback described above."""
     now = time.time() if now is None else now
-    range_s = parse_duration(dashboard.get("time", {}).get("from", "now-6h").removeprefix("now-")) \
-        if range_s is None else range_s
+    range_s = (
+        parse_duration(dashboard.get("time", {}).get("from", "now-6h").removeprefix("now-"))
+        if range_s is None
+        else range_s
+    )
     ctx = Context(now=now, range_s=range_s)
     empty_vars = resolve(dashboard, prom, ctx)
     todo = [t for t in targets(dashboard) if only is None or t.key in only]
@@ -414,7 +447,9 @@ def load_dashboards(directory: Path) -> dict[str, dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     from fleetmon.dashboards.build import OUTPUT_DIR
 
-    p = argparse.ArgumentParser(prog="python -m fleetmon.dashboards.verify", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m fleetmon.dashboards.verify", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--prometheus", default="http://127.0.0.1:9090")
     p.add_argument("--dir", type=Path, default=OUTPUT_DIR, help="dashboard JSON directory")
     p.add_argument("--range", default=None, help="time range (default: each dashboard's own, e.g. 6h)")
@@ -428,7 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_ok = sum(r.status == "ok" for r in results)
         n_err = sum(r.status == "error" for r in results)
         n_panels = sum(1 for x in panels(doc) if x.get("type") != "row")
-        print(f"{uid:<26} panels {n_panels:>3}  queries {len(results):>3}  non-empty {n_ok:>3}  errors {n_err}")
+        print(
+            f"{uid:<26} panels {n_panels:>3}  queries {len(results):>3}  non-empty {n_ok:>3}  errors {n_err}"
+        )
         for r in results:
             if r.status != "ok" and args.verbose:
                 print(f"    {r.status:<5} {r.target.panel} [{r.target.ref}] {r.error}\n          {r.expr}")
