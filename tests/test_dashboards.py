@@ -169,10 +169,10 @@ def test_every_variable_used_is_defined(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(BUILT))
 def test_range_selectors_use_grafana_intervals(name: str) -> None:
     """Rates over `$__rate_interval` (Grafana sizes it from the scrape interval and the zoom), totals over
-    `$__range`; the only other window is the failing-training variable."""
+    `$__range`."""
     for t in targets(BUILT[name]):
         for window in re.findall(r"[}\w]\[([^\]]+)\]", t.expr):  # a range selector, not a regex class
-            assert window in ("$__rate_interval", "$__range", "$recent"), f"{name}: [{window}] in {t.expr}"
+            assert window in ("$__rate_interval", "$__range"), f"{name}: [{window}] in {t.expr}"
         for fn, window in re.findall(r"\b(rate|irate)\((?:[^()]|\([^()]*\))*\[([^\]]+)\]", t.expr):
             assert window == "$__rate_interval", f"{name}: {fn} over [{window}]"
 
@@ -265,8 +265,13 @@ def _documented_metrics() -> set[str]:
     return names
 
 
+# Exported names (not the `fleetmon_` inside a recorded `level:fleetmon_...:op` name)
+METRIC_RE = re.compile(r"(?<![:\w])fleetmon_\w+\b(?!:)")
+RECORDED_RE = re.compile(r"\b[a-z_]+:fleetmon_\w+:\w+")
+
+
 def query_metric_names() -> set[str]:
-    return {n for doc in BUILT.values() for t in targets(doc) for n in re.findall(r"\bfleetmon_\w+", t.expr)}
+    return {n for doc in BUILT.values() for t in targets(doc) for n in METRIC_RE.findall(t.expr)}
 
 
 def test_every_metric_queried_is_documented() -> None:
@@ -334,106 +339,46 @@ def test_every_query_parses(tmp_path: Path) -> None:
     assert f"{len(rules)} rules found" in out.stdout
 
 
-# The model-state semantics on synthetic series: at 10 min, with stale_after 120 s, error_factor 1.5,
-# recent 10m. m1 ok, m2 drifting, m3 erroring, m4 failing training, m5 stale, m6 known to MLflow but never
-# predicting (stale), m7 drifting and stale (the worst, stale, wins).
+# The model-state semantics, on synthetic series through the real recording rules (the states are their
+# recorded flags): at 10 min, m1 ok, m2 drifting, m3 erroring, m4 failing training, m5 stale, m6 known to
+# MLflow but never predicting (stale), m7 drifting and stale (the worst, stale, wins). One building per
+# model (a feature drifting for several models of one building is the weather, not a model's input).
 STATE_SERIES: dict[str, dict[str, str | None]] = {
     "m1": {},
-    "m2": {"drifted": "1x20"},
-    "m3": {"mae24": "300x20"},
-    "m4": {"failed": "0+1x20", "finished": "5x20"},
-    "m5": {"pred": "0x20"},
+    "m2": {"drifted": "1x60"},
+    "m3": {"mae24": "1000x60", "mape24": "1x60"},
+    "m4": {"failed": "0+1x60", "finished": "5x60"},
+    "m5": {"pred": "0x60"},
     "m6": {"pred": None},
-    "m7": {"drifted": "1x20", "pred": "0x20"},
+    "m7": {"drifted": "1x60", "pred": "0x60"},
 }
 EXPECTED_STATE = {"m1": 0, "m2": 1, "m3": 2, "m4": 3, "m5": 4, "m6": 4, "m7": 4}
+RECORDING_RULES = ROOT / "prometheus" / "rules" / "recording.yml"
 
 
 def _labels(model: str, **extra: str) -> str:
-    labels = {"customer": "c1", "building": "b1", "energy": "heating", "model": model, **extra}
+    labels = {"customer": "c1", "building": f"b-{model}", "energy": "heating", "model": model, **extra}
     return "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
 
 
-def _state_input() -> list[dict[str, str | None]]:
-    series: list[dict[str, str | None]] = []
+def _state_input() -> list[dict[str, str]]:
+    series: dict[str, str] = {}
     for model, spec in STATE_SERIES.items():
-        fresh = "0+60x20"  # the newest prediction is always "now"
-        if spec.get("pred", fresh) is not None:
-            series.append(
-                {
-                    "series": f"fleetmon_model_last_prediction_timestamp_seconds{_labels(model)}",
-                    "values": spec.get("pred", fresh),
-                }
-            )
-        series.append(
-            {
-                "series": f"fleetmon_drift_dataset_drifted{_labels(model)}",
-                "values": spec.get("drifted", "0x20"),
-            }
+        series[f"fleetmon_mlflow_runs{_labels(model, status='failed')}"] = spec.get("failed") or "0x60"
+        series[f"fleetmon_mlflow_runs{_labels(model, status='finished')}"] = spec.get("finished") or "10x60"
+        if "pred" in spec and spec["pred"] is None:
+            continue  # known to MLflow only
+        # every 15 s the newest prediction is "now" (value = the evaluation time in seconds)
+        series[f"fleetmon_model_last_prediction_timestamp_seconds{_labels(model)}"] = (
+            spec.get("pred") or "0+15x60"
         )
-        series.append(
-            {
-                "series": f"fleetmon_model_mae_joules{_labels(model, window='24h')}",
-                "values": spec.get("mae24", "100x20"),
-            }
-        )
-        series.append(
-            {"series": f"fleetmon_model_mae_joules{_labels(model, window='7d')}", "values": "100x20"}
-        )
-        series.append(
-            {
-                "series": f"fleetmon_mlflow_runs{_labels(model, status='failed')}",
-                "values": spec.get("failed", "0x20"),
-            }
-        )
-        series.append(
-            {
-                "series": f"fleetmon_mlflow_runs{_labels(model, status='finished')}",
-                "values": spec.get("finished", "0+1x20"),
-            }
-        )
-    return series
-
-
-def test_model_states_mean_what_the_dashboards_say(tmp_path: Path) -> None:
-    ctx = Context(now=0, range_s=3600)
-    for name, value in {"stale_after": "120", "error_factor": "1.5", "recent": "10m"}.items():
-        ctx.variables[name] = Variable(name, "custom")
-        ctx.values[name] = value
-    fleet = by_uid(common.UID["fleet"])
-    stat_expr = {p["title"]: p["targets"][0]["expr"] for p in panels(fleet) if p["type"] == "stat"}
-    expected_counts = {
-        state: sum(1 for m in EXPECTED_STATE if _in_state(m, state)) for state in common.STATES
-    }
-    tests: list[dict[str, Any]] = [
-        {
-            "expr": ctx.interpolate(common.model_state("")),
-            "eval_time": "10m",
-            "exp_samples": [{"labels": _labels(m), "value": code} for m, code in EXPECTED_STATE.items()],
-        },
-        {
-            "expr": ctx.interpolate(stat_expr["Models"]),
-            "eval_time": "10m",
-            "exp_samples": [{"labels": "{}", "value": len(STATE_SERIES)}],
-        },
-    ]
-    for state, count in expected_counts.items():
-        tests.append(
-            {
-                "expr": ctx.interpolate(stat_expr[state.capitalize()]),
-                "eval_time": "10m",
-                "exp_samples": [{"labels": "{}", "value": count}],
-            }
-        )
-    doc = {
-        "rule_files": [],
-        "evaluation_interval": "1m",
-        "tests": [{"interval": "1m", "input_series": _state_input(), "promql_expr_test": tests}],
-    }
-    path = tmp_path / "states_test.yml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stdout + out.stderr
+        column = _labels(model, column="outdoor_temperature", stattest="ks")
+        series[f"fleetmon_drift_column_drifted{column}"] = spec.get("drifted") or "0x60"
+        series[f"fleetmon_model_mae_joules{_labels(model, window='24h')}"] = spec.get("mae24") or "100x60"
+        series[f"fleetmon_model_mae_joules{_labels(model, window='7d')}"] = "100x60"
+        series[f"fleetmon_model_mape_ratio{_labels(model, window='24h')}"] = spec.get("mape24") or "0.1x60"
+        series[f"fleetmon_model_mape_ratio{_labels(model, window='7d')}"] = "0.1x60"
+    return [{"series": k, "values": v} for k, v in series.items()]
 
 
 def _in_state(model: str, state: str) -> bool:
@@ -445,3 +390,53 @@ def _in_state(model: str, state: str) -> bool:
         "stale": "pred" in spec,
     }
     return not any(flags.values()) if state == "ok" else flags[state]
+
+
+def test_model_states_mean_what_the_dashboards_say(tmp_path: Path) -> None:
+    """The fleet dashboard's state panels and the per-model state code, on top of the recording rules."""
+    fleet = by_uid(common.UID["fleet"])
+    stat_expr = {p["title"]: p["targets"][0]["expr"] for p in panels(fleet) if p["type"] == "stat"}
+    tests: list[dict[str, Any]] = [
+        {
+            "expr": common.model_state(""),
+            "eval_time": "10m",
+            "exp_samples": [{"labels": _labels(m), "value": code} for m, code in EXPECTED_STATE.items()],
+        },
+        {
+            "expr": stat_expr["Models"],
+            "eval_time": "10m",
+            "exp_samples": [{"labels": "{}", "value": len(STATE_SERIES)}],
+        },
+    ]
+    for state in common.STATES:
+        count = sum(1 for m in EXPECTED_STATE if _in_state(m, state))
+        tests.append(
+            {
+                "expr": stat_expr[state.capitalize()],
+                "eval_time": "10m",
+                "exp_samples": [{"labels": "{}", "value": count}],
+            }
+        )
+    doc = {
+        "rule_files": [str(RECORDING_RULES)],
+        "evaluation_interval": "15s",
+        "tests": [{"interval": "15s", "input_series": _state_input(), "promql_expr_test": tests}],
+    }
+    path = tmp_path / "states_test.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    out = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_recorded_series_queried_are_defined() -> None:
+    """The dashboards' recorded series (`level:metric:operations`) exist in prometheus/rules/*.yml."""
+    defined = {
+        rule["record"]
+        for path in sorted((ROOT / "prometheus" / "rules").glob("*.yml"))
+        for group in (yaml.safe_load(path.read_text()) or {}).get("groups") or []
+        for rule in group.get("rules") or []
+        if "record" in rule
+    }
+    used = {n for doc in BUILT.values() for t in targets(doc) for n in RECORDED_RE.findall(t.expr)}
+    assert used >= set(common.STATE_RULES.values())
+    assert used <= defined, f"not recorded by any rule: {sorted(used - defined)}"

@@ -41,6 +41,8 @@ GPU_PANELS = {
     ("fleetmon-infrastructure", "GPU memory"),
     ("fleetmon-infrastructure", "GPU temperature and power"),
 }
+METRIC_RE = re.compile(r"(?<![:\w])fleetmon_\w+\b(?!:)")
+RECORDED_RE = re.compile(r"\b[a-z_]+:fleetmon_\w+:\w+")
 GPU_METRICS = re.compile(r"^fleetmon_gpu_(?!available$)\w+$")
 # Series that exist only once something is wrong (the panels count them with `or vector(0)`).
 ABSENT_WHEN_HEALTHY = {
@@ -118,12 +120,12 @@ def test_every_panel_query_answers_on_the_demo_stack(demo_stack: Any, record_pro
         if r.status != "ok":
             assert (r.target.dashboard, r.target.panel) in allowed
 
-    # `or vector(0)` keeps a count panel non-empty: prove every metric the dashboards name exists.
+    # `or vector(0)` keeps a count panel non-empty: prove every metric and recorded series the dashboards
+    # name exists (the model states are the alerting rules' recorded flags).
     exported = _names(demo_stack.prometheus_url)
-    named = {
-        n for doc in DASHBOARDS.values() for t in targets(doc) for n in re.findall(r"\bfleetmon_\w+", t.expr)
-    }
+    named = {n for doc in DASHBOARDS.values() for t in targets(doc) for n in METRIC_RE.findall(t.expr)}
+    named |= {n for doc in DASHBOARDS.values() for t in targets(doc) for n in RECORDED_RE.findall(t.expr)}
     missing = {
         n for n in named - exported if n not in ABSENT_WHEN_HEALTHY and not (no_gpu and GPU_METRICS.match(n))
     }
-    assert not missing, f"metrics queried by the dashboards that Prometheus does not have: {sorted(missing)}"
+    assert not missing, f"series queried by the dashboards that Prometheus does not have: {sorted(missing)}"

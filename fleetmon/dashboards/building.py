@@ -19,7 +19,6 @@ from fleetmon.dashboards.common import (
     row,
     sel,
     stat_panel,
-    state_variables,
     table_panel,
     thresholds,
     ts,
@@ -39,7 +38,6 @@ def build() -> dashboard.Dashboard:
         "its models (one forecaster and one anomaly detector per energy type). Click a model to drill down.",
     )
     d = fleet_variables(d, VARS)
-    d = state_variables(d)
     d = up_links(d, [("Fleet overview", "fleet", ()), ("Customer ${customer}", "customer", ("customer",))])
 
     d = d.with_row(row("Production & consumption"))

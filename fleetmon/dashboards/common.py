@@ -120,47 +120,58 @@ def fleet_models(s: str) -> str:
     return f"group by ({BY_MODEL}) ({m(MODEL_SERIES, s)} or {m('fleetmon_mlflow_runs', s)})"
 
 
+# The model states are the alerting rules' recorded flags (prometheus/rules/recording.yml): one definition
+# of "drifting", "stale", "erroring", "failing to train" for the alerts, their aggregates and these
+# dashboards, computed once per evaluation instead of at every dashboard refresh (a fleet of 40,000 models
+# would make a refresh of the raw expressions take minutes). Thresholds: docs/alerting.md.
+STATE_RULES = {
+    "drifting": "model:fleetmon_model_drifting:bool",
+    "erroring": "model:fleetmon_model_erroring:bool",
+    "failing training": "model:fleetmon_model_training_failing:bool",
+    "stale": "model:fleetmon_model_stale:bool",
+}
+
+
+def flagged(state: str, s: str) -> str:
+    return f"{m(STATE_RULES[state], s)} == 1"
+
+
 def drifting(s: str) -> str:
-    """Models whose inputs drifted (Evidently's dataset drift in the last drift cycle)."""
-    return f"{m('fleetmon_drift_dataset_drifted', s)} == 1"
+    """Input drift only this model sees (the recorded flag)."""
+    return flagged("drifting", s)
+
+
+def erroring(s: str) -> str:
+    """Error of the last 24 h well above the model's own last 7 days (the recorded flag)."""
+    return flagged("erroring", s)
+
+
+def failing_training(s: str) -> str:
+    """Training runs failing again and again (the recorded flag)."""
+    return flagged("failing training", s)
 
 
 def stale(s: str) -> str:
-    """Models without a prediction for `$stale_after` seconds, or known to MLflow and never predicting."""
+    """No recent prediction (the recorded flag), or known to MLflow and never predicting: a model without any
+    prediction has no freshness series, so the flag alone would count it as ok."""
     return (
-        f"(time() - {m(MODEL_SERIES, s)} > $stale_after)"
+        f"({flagged('stale', s)})"
         f" or (group by ({BY_MODEL}) ({m('fleetmon_mlflow_runs', s)})"
         f" unless on ({BY_MODEL}) {m(MODEL_SERIES, s)})"
     )
 
 
-def erroring(s: str) -> str:
-    """Forecasters whose short-window MAE exceeds `$error_factor` times their long-window MAE (own baseline)."""
-    short = m("fleetmon_model_mae_joules", s, window=SHORT_WINDOW)
-    long = m("fleetmon_model_mae_joules", s, window=LONG_WINDOW)
-    return f"{short} > ignoring (window) $error_factor * {long}"
-
-
-def failing_training(s: str) -> str:
-    """Models most of whose runs that ended within `$recent` failed (MLflow's run counts by status).
-
-    A share, not "any failure": a fleet always has a few failed runs; a model whose training is broken
-    fails run after run.
-    """
-    failed = m("fleetmon_mlflow_runs", s, status="failed")
-    finished = m("fleetmon_mlflow_runs", s, status="finished")
-    d_failed = f"({failed} - min_over_time({failed}[$recent]))"
-    d_finished = f"({finished} - min_over_time({finished}[$recent]))"
-    return f"{d_failed} / ignoring (status) ({d_failed} + ignoring (status) {d_finished}) > 0.5"
-
-
 STATES: dict[str, tuple[int, str, str]] = {
     # state: (code, colour, description); the worst state (highest code) wins in the state column.
     "ok": (0, "green", "none of the states below"),
-    "drifting": (1, "yellow", "input drift in the last drift cycle (fleetmon_drift_dataset_drifted)"),
-    "erroring": (2, "orange", "MAE over 24h above $error_factor x its 7d MAE"),
-    "failing training": (3, "orange", "more than half of the runs that ended within $recent failed"),
-    "stale": (4, "red", "no prediction for $stale_after, or none ever"),
+    "drifting": (1, "yellow", "input drift only this model sees (model:fleetmon_model_drifting:bool)"),
+    "erroring": (2, "orange", "24h error well above its own 7d error (model:fleetmon_model_erroring:bool)"),
+    "failing training": (
+        3,
+        "orange",
+        "training runs failing repeatedly (model:fleetmon_model_training_failing:bool)",
+    ),
+    "stale": (4, "red", "no recent prediction (model:fleetmon_model_stale:bool), or none ever"),
 }
 STATE_EXPR = {
     "drifting": drifting,
@@ -261,59 +272,6 @@ def fleet_variables(d: dashboard.Dashboard, names: Sequence[str], multi: bool = 
             var = var.all_value(".*").current(VariableOption(selected=True, text="All", value="$__all"))
         d = d.with_variable(var)
     return d
-
-
-def custom_variable(
-    d: dashboard.Dashboard, name: str, label: str, options: Mapping[str, str], default: str, description: str
-) -> dashboard.Dashboard:
-    """A custom variable of `text : value` pairs (Grafana's syntax), `default` a text."""
-    query = ",".join(f"{text} : {value}" if text != value else value for text, value in options.items())
-    return d.with_variable(
-        dashboard.CustomVariable(name)
-        .label(label)
-        .description(description)
-        .values(query)
-        .current(VariableOption(selected=True, text=default, value=options[default]))
-        .options([VariableOption(selected=t == default, text=t, value=v) for t, v in options.items()])
-    )
-
-
-def state_variables(d: dashboard.Dashboard) -> dashboard.Dashboard:
-    """The thresholds behind the model states. Defaults fit the demo fleet (one simulated hour every 30 s);
-    a real hourly fleet wants e.g. stale after 2h and recent = 1d (see docs/dashboards.md)."""
-    d = custom_variable(
-        d,
-        "stale_after",
-        "Stale after",
-        {
-            "1m": "60",
-            "2m": "120",
-            "5m": "300",
-            "15m": "900",
-            "1h": "3600",
-            "2h": "7200",
-            "6h": "21600",
-            "1d": "86400",
-        },
-        "2m",
-        "a model is stale when its newest prediction is older than this",
-    )
-    d = custom_variable(
-        d,
-        "error_factor",
-        "Error factor",
-        {"1.25": "1.25", "1.5": "1.5", "2": "2", "3": "3"},
-        "1.5",
-        f"a forecaster is erroring when its {SHORT_WINDOW} MAE exceeds this times its {LONG_WINDOW} MAE",
-    )
-    return custom_variable(
-        d,
-        "recent",
-        "Training window",
-        {"10m": "10m", "30m": "30m", "1h": "1h", "6h": "6h", "1d": "1d"},
-        "10m",
-        "a model is failing training when more than half of its runs that ended within this window failed",
-    )
 
 
 def text_variable(

@@ -22,7 +22,6 @@ from fleetmon.dashboards.common import (
     row_fields,
     sel,
     stat_panel,
-    state_variables,
     table_panel,
     thresholds,
     ts,
@@ -42,7 +41,6 @@ def build() -> dashboard.Dashboard:
         "a model to drill down.",
     )
     d = fleet_variables(d, VARS)
-    d = state_variables(d)
     d = up_links(d, [("Fleet overview", "fleet", ())])
 
     d = d.with_row(row("Models by state"))

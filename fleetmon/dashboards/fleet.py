@@ -19,7 +19,6 @@ from fleetmon.dashboards.common import (
     row,
     row_fields,
     stat_panel,
-    state_variables,
     table_panel,
     thresholds,
     ts,
@@ -48,7 +47,6 @@ def build() -> dashboard.Dashboard:
         "Every model of the fleet by state, the buildings in the worst shape, firing alerts and a summary "
         "per customer. Click a customer or a building to drill down.",
     )
-    d = state_variables(d)
 
     d = d.with_row(row("Models by state"))
     d = d.with_panel(

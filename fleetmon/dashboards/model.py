@@ -22,7 +22,6 @@ from fleetmon.dashboards.common import (
     sel,
     stat_panel,
     state_mappings,
-    state_variables,
     table_panel,
     text_variable,
     thresholds,
@@ -47,7 +46,6 @@ def build() -> dashboard.Dashboard:
         "full HTML drift report (fleetmon drift-report).",
     )
     d = fleet_variables(d, VARS)
-    d = state_variables(d)
     d = text_variable(
         d,
         "reports_url",

@@ -23,7 +23,6 @@ from fleetmon.dashboards.common import (
     row_fields,
     sel,
     stat_panel,
-    state_variables,
     table_panel,
     thresholds,
     ts,
@@ -43,7 +42,6 @@ def build() -> dashboard.Dashboard:
         time_from="now-24h",
     )
     d = fleet_variables(d, VARS, multi=True)
-    d = state_variables(d)
     d = up_links(d, [("Fleet overview", "fleet", ())])
     to_model = dashboard_url("model", row_fields(list(FLEET_LABELS)))
 
@@ -63,7 +61,7 @@ def build() -> dashboard.Dashboard:
             [q(count_in_state("failing training", s), "failing", instant=True)],
             w=4,
             steps=thresholds((None, "green"), (1, "orange")),
-            description="models more than half of whose runs that ended within $recent failed",
+            description="models whose training runs fail again and again (model:fleetmon_model_training_failing:bool)",
         )
     )
     d = d.with_panel(

@@ -215,16 +215,24 @@ class Prometheus:
             except ValueError:
                 return {"status": "error", "error": f"HTTP {e.code}: {body[:200]!r}"}
 
-    def query(self, expr: str, ctx: Context, instant: bool) -> dict[str, Any]:
+    def query(self, expr: str, ctx: Context, instant: bool, stats: bool = False) -> dict[str, Any]:
+        """An instant query at `ctx.now`, or a range query over the context's range and step (Grafana aligns
+        the range to the step). `stats`: ask Prometheus for its query statistics (timings, samples)."""
+        extra = [("stats", "all")] if stats else []
         if instant:
-            return self._get("/api/v1/query", [("query", expr), ("time", f"{ctx.now:.3f}")])
+            return self._get("/api/v1/query", [("query", expr), ("time", f"{ctx.now:.3f}"), *extra])
         step = ctx.interval_s
-        # Grafana aligns the range to the step
         end = math.floor(ctx.now / step) * step
         start = math.floor((ctx.now - ctx.range_s) / step) * step
         return self._get(
             "/api/v1/query_range",
-            [("query", expr), ("start", f"{start:.3f}"), ("end", f"{end:.3f}"), ("step", f"{step:g}")],
+            [
+                ("query", expr),
+                ("start", f"{start:.3f}"),
+                ("end", f"{end:.3f}"),
+                ("step", f"{step:g}"),
+                *extra,
+            ],
         )
 
     def label_values(self, label: str, match: str | None, ctx: Context) -> list[str]:
