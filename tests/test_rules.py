@@ -47,6 +47,11 @@ def test_promtool_check_rules() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_promtool_check_config() -> None:
+    r = promtool("check", "config", str(ROOT / "prometheus" / "prometheus.yml"))
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_promtool_rule_unit_tests() -> None:
     assert RULE_TESTS
     r = promtool("test", "rules", *map(str, RULE_TESTS))
