@@ -302,10 +302,10 @@ def _build_references(plans: list[_Plan], n: int) -> None:
     for p in plans:
         job = p.job
         p.entry = _RefEntry(job.reference_version, job.numerical, ref, p.ref_rows)
-        for c in job.categorical:
-            if c in job.reference.columns:
-                s = _clean(job.reference[c])
-                p.entry.categorical[c] = (s, s.value_counts().to_dict())
+        for col in job.categorical:
+            if col in job.reference.columns:
+                cleaned = _clean(job.reference[col])
+                p.entry.categorical[col] = (cleaned, cleaned.value_counts().to_dict())
         p.ref = None
 
 
@@ -641,7 +641,7 @@ class FleetDriftEngine:
         nc = len(job.numerical)
         fast_row = {c: p.row0 + j for j, c in enumerate(p.fast)}
         if len(p.fast) == nc and not job.categorical and p.group is not None:
-            cols: list[ColumnDrift | _Pending] = p.group[p.row0 : p.row0 + nc]
+            cols: list[ColumnDrift | _Pending] = list(p.group[p.row0 : p.row0 + nc])
             if all(type(c) is ColumnDrift for c in cols):
                 return cols
         cols = []
