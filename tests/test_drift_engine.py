@@ -376,3 +376,61 @@ def test_run_pauses_the_garbage_collector_and_restores_it(engine) -> None:
         assert not gc.isenabled()  # a caller's choice is kept
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("form", ["frames", "arrays"])
+def test_columns_outside_the_compiled_path(form: str, evidently, engine) -> None:
+    """float32 and text in numerical columns, an empty reference window: Evidently's numbers or
+    Evidently's reasons, in both job forms."""
+    rng = np.random.default_rng(2)
+
+    def frame(n: int, shift: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "f32": rng.normal(shift, 1, n).astype(np.float32),
+                "text": rng.choice(["a", "b"], n).astype(object),
+                "ok": rng.normal(shift, 1, n),
+            }
+        )
+
+    cols = ["f32", "text", "ok"]
+    jobs = [
+        DriftJob(key(0), frame(300, 0.0), frame(100, 1.0), cols),
+        # no reference rows at all (a text column there: Evidently says not_numeric, the engine
+        # empty_reference -- Evidently checks the type first in that case only; left out)
+        DriftJob(key(1), frame(0, 0.0), frame(100, 1.0), ["f32", "ok"]),
+    ]
+    if form == "arrays":
+        jobs = [as_arrays(j) for j in jobs]
+    got = engine.run(jobs)
+    for job, fl in zip(jobs, got, strict=True):
+        assert_same(evidently.run_one(job), fl)
+    assert got[0].columns[0].stattest == "ks" and got[0].columns[0].score is not None  # Evidently's function
+    assert [c.error for c in got[0].columns] == [None, "not_numeric", None]
+    assert [c.error for c in got[1].columns] == ["empty_reference"] * 2
+
+
+def test_boolean_numerical_column_gets_evidentlys_stattest(evidently, engine) -> None:
+    """Evidently's Report fails on a boolean numerical column, in its dataset statistics ("numpy boolean
+    subtract"); its own stattest does not. The engine gives the stattest's result (as before batching)."""
+    import warnings
+
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    rng = np.random.default_rng(2)
+    ref, cur = pd.Series(rng.random(300) < 0.3), pd.Series(rng.random(100) < 0.5)
+    job = DriftJob(key(0), pd.DataFrame({"flag": ref}), pd.DataFrame({"flag": cur}), ["flag"])
+    ev = evidently.run_one(job).columns[0]
+    assert ev.error == "stattest_error" and "boolean subtract" in (ev.detail or "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        test = get_stattest(ref, cur, ColumnType.Numerical, None)
+        want = test(ref, cur, ColumnType.Numerical, None)
+    for j in (job, as_arrays(job)):
+        col = engine.run([j])[0].columns[0]
+        assert (col.stattest, col.score, col.drifted) == (
+            test.name,
+            float(want.drift_score),
+            bool(want.drifted),
+        )

@@ -24,6 +24,10 @@ Evidently's failures on dirty data, and what fleetmon makes of them (see ``fleet
   statistics divide by zero on an all-NaN column, and ``scipy.stats.chisquare`` warns when a category of
   the current window never occurs in the reference (expected 0 -> p-value 0). Evidently is therefore run
   with warnings ignored, which is how it runs in production.
+- A boolean numerical column makes the Report fail in its dataset statistics ("numpy boolean
+  subtract"): ``stattest_error`` here. Evidently's own stattest function works on it, and the fleet
+  engine gives that function's result (a difference with this backend, on input the model-outputs
+  exporter never builds: its columns are float64).
 - A test that returns NaN would count as "not drifted" in Evidently's share; fleetmon reports it as not
   computable (``score_nan``).
 - Evidently's dataset share (``DriftedColumnsCount``) divides by every column; fleetmon's share leaves
