@@ -12,7 +12,7 @@ order by `fleetmon.dashboards.build`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import (
     bargauge,
@@ -377,6 +377,16 @@ def thresholds(*steps: tuple[float | None, str]) -> dashboard.ThresholdsConfig:
 GREEN = thresholds((None, "green"))
 
 
+PanelT = TypeVar("PanelT")
+
+
+def _base(
+    panel: PanelT, title: str, queries: Sequence[prometheus.Dataquery], w: int, h: int, description: str
+) -> PanelT:
+    """What every panel shares: title, the `$datasource`, size, description and its queries."""
+    return panel.title(title).datasource(DS).span(w).height(h).description(description).targets(refs(queries))  # type: ignore[attr-defined]
+
+
 def row(title: str) -> dashboard.Row:
     return dashboard.Row(title)
 
@@ -395,14 +405,8 @@ def ts(
     panel_links: Sequence[dashboard.DashboardLink] = (),
 ) -> timeseries.Panel:
     p = (
-        timeseries.Panel()
-        .title(title)
-        .datasource(DS)
+        _base(timeseries.Panel(), title, queries, w, h, description)
         .unit(unit)
-        .span(w)
-        .height(h)
-        .description(description)
-        .targets(refs(queries))
         .legend(
             common.VizLegendOptions()
             .display_mode(LegendDisplayMode.LIST)
@@ -441,14 +445,8 @@ def stat_panel(
     text_mode: BigValueTextMode = BigValueTextMode.AUTO,
 ) -> stat.Panel:
     p = (
-        stat.Panel()
-        .title(title)
-        .datasource(DS)
+        _base(stat.Panel(), title, queries, w, h, description)
         .unit(unit)
-        .span(w)
-        .height(h)
-        .description(description)
-        .targets(refs(queries))
         .reduce_options(common.ReduceDataOptions().calcs([calc]).values(False))
         .color_mode(BigValueColorMode.VALUE)
         .graph_mode(BigValueGraphMode.AREA if graph else BigValueGraphMode.NONE)
@@ -477,14 +475,8 @@ def bar_panel(
     links: Sequence[dict[str, Any]] = (),
 ) -> bargauge.Panel:
     p = (
-        bargauge.Panel()
-        .title(title)
-        .datasource(DS)
+        _base(bargauge.Panel(), title, queries, w, h, description)
         .unit(unit)
-        .span(w)
-        .height(h)
-        .description(description)
-        .targets(refs(queries))
         .reduce_options(common.ReduceDataOptions().calcs([calc]).values(False))
         .orientation(VizOrientation.HORIZONTAL)
         .thresholds(steps)
@@ -504,14 +496,8 @@ def pie_panel(
     description: str = "",
 ) -> piechart.Panel:
     return (
-        piechart.Panel()
-        .title(title)
-        .datasource(DS)
+        _base(piechart.Panel(), title, queries, w, h, description)
         .unit(unit)
-        .span(w)
-        .height(h)
-        .description(description)
-        .targets(refs(queries))
         .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
     )
 
@@ -537,16 +523,7 @@ def table_panel(
     `rename` maps a field (a label or `Value #A`) to a column title; `units` sets units by field name
     (before renaming); `column_links` make cells links; `state_column` gets the model-state mappings.
     """
-    p = (
-        table.Panel()
-        .title(title)
-        .datasource(DS)
-        .span(w)
-        .height(h)
-        .description(description)
-        .targets(refs(queries))
-        .filterable(True)
-    )
+    p = _base(table.Panel(), title, queries, w, h, description).filterable(True)
     transforms: list[DataTransformerConfig] = []
     if merge and len(queries) > 1:
         transforms.append(DataTransformerConfig(id_val="merge", options={}))
@@ -591,13 +568,7 @@ def geomap_panel(
 ) -> geomap.Panel:
     """Markers at the coordinates carried as labels (strings: converted to numbers first)."""
     return (
-        geomap.Panel()
-        .title(title)
-        .datasource(DS)
-        .span(w)
-        .height(h)
-        .description(description)
-        .targets(refs(queries))
+        _base(geomap.Panel(), title, queries, w, h, description)
         .transformations(
             [
                 DataTransformerConfig(
