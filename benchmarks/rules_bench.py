@@ -137,11 +137,7 @@ def run(n_models: int, settle: float) -> dict[str, Any]:
             r["metric"]["rule_group"].split(";")[-1]: float(r["value"][1])
             for r in query(base, "prometheus_rule_group_last_duration_seconds")
         }
-        firing = {
-            r["metric"]["alertname"]: int(float(r["value"][1]))
-            for r in query(base, 'count by (alertname) (ALERTS{alertstate="firing"})')
-        }
-        return {"models": n_models, "series": exp.series, "groups": groups, "firing": firing}
+        return {"models": n_models, "series": exp.series, "groups": groups}
     finally:
         stop_group(proc)
         exp.close()
@@ -169,10 +165,6 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['models']:>7} {r['series']:>8} {cols} {total * 1000:6.0f}ms {total / 15:6.1%} {total / first:8.1f}x"
         )
-    print(
-        "alerts firing (synthetic faults):",
-        ", ".join(f"{k} {v}" for k, v in sorted(results[-1]["firing"].items())),
-    )
     return 0
 
 
