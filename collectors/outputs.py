@@ -385,6 +385,7 @@ class DriftCollector:
                 self.drift.reference_path or "",
                 list(cfg.outputs.features),
                 cfg.outputs.state_dir / "references",
+                tracking_uri=cfg.mlflow.tracking_uri,
             )
             if self.drift.reference == "file"
             else None

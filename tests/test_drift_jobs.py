@@ -143,3 +143,40 @@ def test_file_references(tmp_path: Path) -> None:
         for a, b in zip(g.columns, e.columns, strict=True):
             assert (a.column, a.stattest, a.drifted, a.error) == (b.column, b.stattest, b.drifted, b.error)
             assert a.score == pytest.approx(b.score, rel=1e-9, abs=1e-12)
+
+
+def test_file_references_from_mlflow_artifacts(tmp_path: Path, mlflow_server: str) -> None:
+    """The training sample logged as a run artifact is the reference (downloaded once, from the configured MLflow)."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server)
+    run = client.create_run(client.create_experiment(f"refs-{tmp_path.name}"))
+    rng = np.random.default_rng(7)
+    (tmp_path / "art").mkdir()
+    pattern = f"runs:/{run.info.run_id}/refs/{{building}}-{{energy}}-{{model}}/reference.csv"
+    fleet, drift = setup(tmp_path, reference="file", reference_path=pattern)
+    written = {}
+    for mid, key in enumerate(fleet.models):
+        out = "anomaly_score" if fleet.is_anomaly[mid] else "prediction"
+        frame = pd.DataFrame({FEATURE_PREFIX + "temp": rng.normal(0, 1, 25), out: rng.normal(0, 1, 25)})
+        name = f"{key.building}-{key.energy}-{key.model}"
+        (tmp_path / "art" / name).mkdir()
+        frame.to_csv(tmp_path / "art" / name / "reference.csv", index=False)
+        client.log_artifact(run.info.run_id, str(tmp_path / "art" / name / "reference.csv"), f"refs/{name}")
+        written[mid] = frame
+    client.set_terminated(run.info.run_id)
+    refs = ReferenceFiles(pattern, FEATURES, tmp_path / "cache", tracking_uri=mlflow_server)
+    jobs = build_jobs(snapshot(fleet), fleet, FEATURES, drift, NOW, refs)
+    assert not jobs.skipped and len(jobs.jobs) == len(written)
+    for job in jobs.jobs:
+        mid = fleet.models.index(job.key)
+        out = "anomaly_score" if fleet.is_anomaly[mid] else "prediction"
+        want = written[mid]
+        np.testing.assert_allclose(
+            job.reference["temp"].to_numpy(), want[FEATURE_PREFIX + "temp"].to_numpy(), rtol=1e-12
+        )
+        np.testing.assert_allclose(job.reference[out].to_numpy(), want[out].to_numpy(), rtol=1e-12)
+    # downloaded once: a second cycle reads the cache, even with the server unreachable
+    refs.tracking_uri = "http://127.0.0.1:9"
+    again = build_jobs(snapshot(fleet), fleet, FEATURES, drift, NOW, refs)
+    assert [j.reference_version for j in again.jobs] == [j.reference_version for j in jobs.jobs]

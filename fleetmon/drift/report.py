@@ -60,7 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         drift = cfg.outputs.drift
         refs = (
             ReferenceFiles(
-                drift.reference_path or "", list(cfg.outputs.features), cfg.outputs.state_dir / "references"
+                drift.reference_path or "",
+                list(cfg.outputs.features),
+                cfg.outputs.state_dir / "references",
+                tracking_uri=cfg.mlflow.tracking_uri,
             )
             if drift.reference == "file"
             else None

@@ -53,8 +53,12 @@ class JobSet:
 class ReferenceFiles:
     """Fixed reference frames per model, read once per file version (mtime)."""
 
-    def __init__(self, pattern: str, features: list[str], cache_dir: Path) -> None:
+    def __init__(
+        self, pattern: str, features: list[str], cache_dir: Path, tracking_uri: str | None = None
+    ) -> None:
         self.pattern = pattern
+        # Artifact URIs are resolved against the configured MLflow (mlflow.tracking_uri), not the environment.
+        self.tracking_uri = tracking_uri
         self.features = features
         self.cache_dir = cache_dir
         self._cache: dict[str, tuple[str, pd.DataFrame]] = {}  # path -> (version, frame)
@@ -69,7 +73,9 @@ class ReferenceFiles:
             import mlflow.artifacts
 
             dest.mkdir(parents=True, exist_ok=True)
-            mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(dest))
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=location, dst_path=str(dest), tracking_uri=self.tracking_uri
+            )
         files = sorted(p for p in dest.rglob("*") if p.is_file())
         if not files:
             raise FileNotFoundError(f"artifact {location} holds no file")
