@@ -11,7 +11,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,7 +117,9 @@ def _post(url: str) -> None:
         r.read()
 
 
-def _demo_stack_config(tmp: Path) -> Path:
+def _demo_stack_config(tmp: Path, tuning: dict[str, Any] | None = None) -> Path:
+    """The shipped config and demo fleet copied to tmp/config, every port moved to a free one (so ../var is
+    tmp/var), with ``tuning`` merged in."""
     conf_dir = tmp / "config"
     conf_dir.mkdir()
     doc = yaml.safe_load((ROOT / "config" / "fleetmon.yml").read_text())
@@ -137,7 +139,8 @@ def _demo_stack_config(tmp: Path) -> Path:
     ):
         stack[key] = free_port()
     doc["mlflow"]["tracking_uri"] = f"http://127.0.0.1:{stack['mlflow_port']}"
-    _merge(doc, DEMO_STACK_TUNING["config"])
+    if tuning:
+        _merge(doc, tuning)
     path = conf_dir / "fleetmon.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -172,6 +175,18 @@ def _retune(path: Path, edit: Any) -> None:
 
 
 @pytest.fixture(scope="session")
+def make_stack_config() -> Callable[[Path], Path]:
+    """Write the shipped config, untuned, on free ports under a directory; returns its path."""
+    return _demo_stack_config
+
+
+@pytest.fixture(scope="session")
+def run_stack() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_stack(config_path, state_dir, "up" | "down" | "status", ...)``: the real ``fleetmon stack`` CLI."""
+    return _run_stack
+
+
+@pytest.fixture(scope="session")
 def demo_stack() -> Iterator[DemoStack]:
     """The real stack on the demo fleet (see DEMO_STACK_TUNING); stopped at the end of the session.
 
@@ -180,7 +195,7 @@ def demo_stack() -> Iterator[DemoStack]:
     FLEETMON_KEEP_DEMO_STACK is set.
     """
     tmp = Path(tempfile.mkdtemp(prefix="fleetmon-demo-stack-"))
-    cfg_path = _demo_stack_config(tmp)
+    cfg_path = _demo_stack_config(tmp, DEMO_STACK_TUNING["config"])
     cfg = load_config(cfg_path, environ={})
     state = tmp / "stack"
     st = cfg.stack

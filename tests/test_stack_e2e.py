@@ -8,22 +8,19 @@ running `make up` stack.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-import yaml
 
 from fleetmon.config import load_config
-from fleetmon.procs import free_port, port_open
+from fleetmon.procs import port_open
 
 ROOT = Path(__file__).resolve().parent.parent
 JOBS = {
@@ -35,54 +32,6 @@ JOBS = {
     "fleetmon-platform",
     "fleetmon-webhook",
 }
-
-
-def make_config(tmp_path: Path) -> Path:
-    """The shipped config and demo fleet, copied to tmp/config, with free ports; ../var is then tmp/var."""
-    conf_dir = tmp_path / "config"
-    conf_dir.mkdir()
-    doc = yaml.safe_load((ROOT / "config" / "fleetmon.yml").read_text())
-    include = doc.get("fleet", {}).get("include")
-    if include:
-        shutil.copy(ROOT / "config" / include, conf_dir / include)
-    for section in ("mlflow", "outputs", "platform"):
-        doc[section]["listen"]["port"] = free_port()
-    stack = doc.setdefault("stack", {})
-    for key in (
-        "prometheus_port",
-        "alertmanager_port",
-        "pushgateway_port",
-        "mlflow_port",
-        "grafana_port",
-        "webhook_port",
-    ):
-        stack[key] = free_port()
-    doc["mlflow"]["tracking_uri"] = f"http://127.0.0.1:{stack['mlflow_port']}"
-    path = conf_dir / "fleetmon.yml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def run_stack(cfg: Path, state: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleetmon.cli",
-            "stack",
-            *args,
-            "--config.file",
-            str(cfg),
-            "--state-dir",
-            str(state),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        # Keep the developer's MLflow settings out of the demo stack.
-        env={k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FLEETMON"))},
-    )
 
 
 def prom_get(port: int, path: str, **params: str) -> Any:
@@ -106,14 +55,18 @@ def still_running(pid: int) -> bool:
 
 @pytest.mark.e2e
 @pytest.mark.timeout(420)
-def test_stack_up_all_targets_up_then_down_leaves_nothing(tmp_path: Path) -> None:
+def test_stack_up_all_targets_up_then_down_leaves_nothing(
+    tmp_path: Path,
+    make_stack_config: Callable[[Path], Path],
+    run_stack: Callable[..., subprocess.CompletedProcess[str]],
+) -> None:
     missing = [
         m
         for m in ("exporters/mlflow.py", "exporters/outputs.py", "exporters/platform.py")
         if not (ROOT / m).exists()
     ]
     assert not missing, f"the stack cannot be complete without {missing}"
-    cfg_path = make_config(tmp_path)
+    cfg_path = make_stack_config(tmp_path)
     cfg = load_config(cfg_path, environ={})
     state = tmp_path / "stack"
     ports = [
