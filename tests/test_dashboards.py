@@ -342,7 +342,8 @@ def test_every_query_parses(tmp_path: Path) -> None:
 # The model-state semantics, on synthetic series through the real recording rules (the states are their
 # recorded flags): at 10 min, m1 ok, m2 drifting, m3 erroring, m4 failing training, m5 stale, m6 known to
 # MLflow but never predicting (stale), m7 drifting and stale (the worst, stale, wins). One building per
-# model (a feature drifting for several models of one building is the weather, not a model's input).
+# model (a feature drifting for several models of one building is the weather, not a model's input);
+# "drifted" applies to two input features of the model.
 STATE_SERIES: dict[str, dict[str, str | None]] = {
     "m1": {},
     "m2": {"drifted": "1x60"},
@@ -372,8 +373,10 @@ def _state_input() -> list[dict[str, str]]:
         series[f"fleetmon_model_last_prediction_timestamp_seconds{_labels(model)}"] = (
             spec.get("pred") or "0+15x60"
         )
-        column = _labels(model, column="outdoor_temperature", stattest="ks")
-        series[f"fleetmon_drift_column_drifted{column}"] = spec.get("drifted") or "0x60"
+        # a model drifts when at least two of its own input features do (the recording rule's definition)
+        for feature in ("outdoor_temperature", "humidity"):
+            column = _labels(model, column=feature, stattest="ks")
+            series[f"fleetmon_drift_column_drifted{column}"] = spec.get("drifted") or "0x60"
         series[f"fleetmon_model_mae_joules{_labels(model, window='24h')}"] = spec.get("mae24") or "100x60"
         series[f"fleetmon_model_mae_joules{_labels(model, window='7d')}"] = "100x60"
         series[f"fleetmon_model_mape_ratio{_labels(model, window='24h')}"] = spec.get("mape24") or "0.1x60"
