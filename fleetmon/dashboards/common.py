@@ -459,8 +459,13 @@ def stat_panel(
     if decimals is not None:
         p = p.decimals(decimals)
     if links:
-        p = p.data_links([link(x["title"], x["url"], bool(x.get("targetBlank"))) for x in links])
+        p = p.data_links(panel_links(links))
     return p
+
+
+def panel_links(links: Sequence[dict[str, Any]]) -> list[Any]:
+    """Data links (``data_link`` dicts) as the panel-level links stat and bar gauge panels take."""
+    return [link(x["title"], x["url"], bool(x.get("targetBlank"))) for x in links]
 
 
 def bar_panel(
@@ -483,7 +488,7 @@ def bar_panel(
         .min(0)
     )
     if links:
-        p = p.data_links([link(x["title"], x["url"], bool(x.get("targetBlank"))) for x in links])
+        p = p.data_links(panel_links(links))
     return p
 
 
