@@ -18,7 +18,7 @@ import calendar
 import re
 import time
 
-from collectors.logstats import OTHER, AppStats, bump
+from collectors.logstats import OTHER, AppStats, PartialState, bump
 
 TRAINING_PHRASES = (
     ("Received message", "received"),
@@ -117,7 +117,7 @@ class LineClassifier:
         self._route_cache: dict[str, str] = {}
         self._clf_cache: dict[str, float | None] = {}
 
-    def bare(self, st: AppStats, s: str) -> str | None:
+    def bare(self, st: AppStats, s: str, ps: PartialState | None = None) -> str | None:
         """A line with no wrapper: an access line (returns None) or a rejection reason."""
         m = ACCESS_RE.match(s)
         if m is not None:
@@ -126,7 +126,8 @@ class LineClassifier:
             return None
         return "unknown_format"
 
-    def classify(self, st: AppStats, msg: str) -> None:
+    def classify(self, st: AppStats, msg: str, ps: PartialState | None = None, stream: str = "") -> None:
+        """One application line. ``ps.context`` keeps what spans lines of one ``stream`` of a file."""
         if '] "' in msg:
             m = ACCESS_RE.match(msg)
             if m is not None:
@@ -146,6 +147,10 @@ class LineClassifier:
                 if phrase in msg:
                     st.training[kind] += 1
                     break
+
+    def flush(self, st: AppStats, ps: PartialState) -> None:
+        """The file ``ps`` belongs to is closed: count what its streams' context still holds."""
+        ps.context.clear()
 
     def _request(self, st: AppStats, m: re.Match[str]) -> None:
         _, clf, method, path, status = m.groups()

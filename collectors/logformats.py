@@ -165,7 +165,7 @@ class LineParser:
                 if not ps.pending and msg[-1:] == "\n" and msg[-2:-1] != "\r":  # the common case, inlined
                     lines = st.lines
                     lines["docker"] = lines.get("docker", 0) + 1
-                    self._classify(st, msg[:-1])
+                    self._classify(st, msg[:-1], ps, "docker:" + (rec.stream or "stdout"))
                     return None
                 return self._wrapped(st, ps, "docker", "docker:" + (rec.stream or "stdout"), msg, None)
             if rec.Reason is not None or rec.Type is not None:
@@ -174,7 +174,7 @@ class LineParser:
                 name = rec.ContainerAppName
                 target = self.stats.get(name, st) if name else st
                 bump(st.lines, "azure_console")
-                self._classify(target, rec.Log.rstrip("\r\n"))
+                self._classify(target, rec.Log.rstrip("\r\n"), ps, "azure:" + (name or ""))
                 return None
             return "invalid_record"
         try:
@@ -191,7 +191,7 @@ class LineParser:
             if len(parts) >= 3 and parts[1] in ("stdout", "stderr") and parts[2] in ("F", "P"):
                 msg = parts[3] if len(parts) == 4 else ""
                 return self._wrapped(st, ps, "cri", "cri:" + parts[1], msg, parts[2] == "P")
-        return self._bare(st, s)
+        return self._bare(st, s, ps)
 
     def _wrapped(
         self, st: AppStats, ps: PartialState, fmt: str, key: str, msg: str, partial: bool | None
@@ -220,7 +220,7 @@ class LineParser:
                 msg = prefix + msg
                 if len(msg) > MAX_LINE:
                     return "too_long"
-        self._classify(st, msg)
+        self._classify(st, msg, ps, key)
         return None
 
     def _system(self, file_st: AppStats, rec: _Rec) -> str | None:

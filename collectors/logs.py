@@ -137,6 +137,7 @@ class _File:
             "fp_len": self.fp_len,
             "skipping": self.skipping,
             "pending": self.partial.pending,
+            "context": self.partial.context,
         }
 
 
@@ -242,6 +243,7 @@ class LogTailer:
                 f.fp, f.fp_len = saved["fp"], fp_len
                 f.skipping = bool(saved.get("skipping", False))
                 f.partial.pending = dict(saved.get("pending", {}))
+                f.partial.context = dict(saved.get("context", {}))
             else:  # same inode, other content: the file was replaced or truncated while we were down
                 self.stats[app].truncations += 1
         return f
@@ -281,6 +283,7 @@ class LogTailer:
         for k, text in f.partial.pending.items():
             if not k.endswith(":skip"):
                 self._reject(st, f, "partial_line", f.offset, text.encode()[:4096])
+        self.parser.classifier.flush(st, f.partial)
         os.close(f.fd)
         del self.files[f.key]
 

@@ -113,3 +113,5 @@ class PartialState:
 
     def __init__(self) -> None:
         self.pending: dict[str, str] = {}  # "docker:stdout" / "cri:stderr" -> text so far
+        # What the line classifier carries from one line of a stream to the next (a traceback in progress).
+        self.context: dict[str, str] = {}
