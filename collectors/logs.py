@@ -5,8 +5,14 @@ Tailing, in the background ``poll()`` (the scrape only reads counters from memor
 - Files are found by the globs of ``platform.logs.apps`` and followed by (device, inode), with the file
   kept open, so a rotated file (renamed away, or deleted) is still read to its end through the open
   descriptor; it is closed once a poll finds nothing more in it.
-- Truncation (copytruncate) is detected by the size dropping below the read position or by the first
-  bytes (a fingerprint) changing; reading restarts at 0 and ``fleetmon_logs_truncations_total`` counts it.
+- Truncation (copytruncate, ``> app.log``) is detected by the size dropping below the read position, by the
+  first bytes (the head fingerprint) changing, or by the bytes just before the read position (the tail
+  fingerprint) changing: an app that restarts with the same banner and writes past the old position before
+  the next poll keeps size and head but not what preceded the old position (timestamps, request lines).
+  Reading restarts at 0 and ``fleetmon_logs_truncations_total`` counts it. When the size did not drop, the
+  file may also have been rewritten in place (no reader can tell): the bytes before the old position read
+  again are counted in ``fleetmon_logs_reread_bytes_total``, so a double count is never silent. A file
+  rewritten byte for byte identically up to the old position cannot be told from one that only grew.
 - Reads are bounded chunks (``MAX_LINE`` + 1 bytes) split on newlines; an incomplete last line waits for
   the next poll; a line without a newline within ``MAX_LINE`` bytes is rejected as ``too_long`` and
   skipped up to its end without ever being held in memory.
@@ -116,8 +122,10 @@ class _File:
     def __init__(self, app: str, path: str, dev: int, ino: int, fd: int) -> None:
         self.app, self.path, self.dev, self.ino, self.fd = app, path, dev, ino, fd
         self.offset = 0
-        self.fp = ""
+        self.fp = ""  # head fingerprint: the first fp_len bytes
         self.fp_len = 0
+        self.tail_fp = ""  # tail fingerprint: the tail_len bytes that end at offset
+        self.tail_len = 0
         self.skipping = False  # inside a too-long line: skip to its newline
         self.partial = PartialState()
         self.rotated = False  # no longer found by any glob: read to the end, then close
@@ -135,6 +143,8 @@ class _File:
             "offset": self.offset,
             "fp": self.fp,
             "fp_len": self.fp_len,
+            "tail_fp": self.tail_fp,
+            "tail_len": self.tail_len,
             "skipping": self.skipping,
             "pending": self.partial.pending,
             "context": self.partial.context,
@@ -232,20 +242,15 @@ class LogTailer:
         f = _File(app, path, st.st_dev, st.st_ino, fd)
         saved = self._saved_files.pop(key, None)
         if saved is not None and saved.get("app") == app:
-            fp_len = int(saved.get("fp_len", 0))
-            head = os.pread(fd, fp_len, 0) if fp_len else b""
-            if (
-                len(head) == fp_len
-                and _fingerprint(head) == saved.get("fp", "")
-                and st.st_size >= int(saved["offset"])
-            ):
-                f.offset = int(saved["offset"])
-                f.fp, f.fp_len = saved["fp"], fp_len
+            f.offset = int(saved["offset"])
+            f.fp, f.fp_len = saved.get("fp", ""), int(saved.get("fp_len", 0))
+            f.tail_fp, f.tail_len = saved.get("tail_fp", ""), int(saved.get("tail_len", 0))
+            if self._changed(f, st.st_size) is None:
                 f.skipping = bool(saved.get("skipping", False))
                 f.partial.pending = dict(saved.get("pending", {}))
                 f.partial.context = dict(saved.get("context", {}))
             else:  # same inode, other content: the file was replaced or truncated while we were down
-                self.stats[app].truncations += 1
+                self._restart(f, st.st_size)
         return f
 
     def _recover_renamed(self) -> None:
@@ -337,24 +342,62 @@ class LogTailer:
         if self._dirty:
             self.save_state()
 
+    def _changed(self, f: _File, size: int) -> str | None:
+        """Why f's content is no longer what was read up to f.offset (None: it only grew, as far as we can see)."""
+        if size < f.offset:
+            return "size"
+        try:
+            head = os.pread(f.fd, f.fp_len, 0) if f.fp_len else b""
+            tail = os.pread(f.fd, f.tail_len, f.offset - f.tail_len) if f.tail_len else b""
+        except OSError:
+            return None
+        if len(head) != f.fp_len or (f.fp_len and _fingerprint(head) != f.fp):
+            return "head"
+        if len(tail) != f.tail_len or (f.tail_len and _fingerprint(tail) != f.tail_fp):
+            return "tail"
+        return None
+
+    def _restart(self, f: _File, size: int) -> None:
+        """Read f again from its start (it was truncated or rewritten); count what may be read twice."""
+        st = self.stats[f.app]
+        with self.lock:
+            st.truncations += 1
+            if size >= f.offset:  # not shrunk: perhaps rewritten in place rather than truncated
+                st.reread_bytes += f.offset
+            f.offset, f.fp, f.fp_len, f.tail_fp, f.tail_len, f.skipping = 0, "", 0, "", 0, False
+            f.partial.pending.clear()
+            f.partial.context.clear()
+        self._dirty = True
+
     def _check_truncated(self, f: _File) -> None:
         try:
             size = os.fstat(f.fd).st_size
-            head = os.pread(f.fd, f.fp_len, 0) if f.fp_len else b""
         except OSError:
             return
-        if size < f.offset or (f.fp_len and _fingerprint(head) != f.fp):
-            log.info("log file %s was truncated or replaced; reading it from the start", f.path)
-            with self.lock:
-                self.stats[f.app].truncations += 1
-                f.offset, f.fp, f.fp_len, f.skipping = 0, "", 0, False
-                f.partial.pending.clear()
-            self._dirty = True
+        why = self._changed(f, size)
+        if why is not None:
+            log.info("log file %s was truncated or rewritten (%s changed); reading it from the start", f.path, why)
+            self._restart(f, size)
 
     def _read(self, f: _File, budget: int) -> int:
         """Read and parse from f.offset up to ``budget`` bytes of complete lines; returns bytes consumed."""
         if f.offset or f.fp_len:
             self._check_truncated(f)
+        start = f.offset
+        consumed = self._read_lines(f, budget)
+        if f.offset != start:
+            self._mark_tail(f)
+        return consumed
+
+    def _mark_tail(self, f: _File) -> None:
+        n = min(FP_LEN, f.offset)
+        try:
+            tail = os.pread(f.fd, n, f.offset - n)
+        except OSError:
+            return
+        f.tail_fp, f.tail_len = _fingerprint(tail), len(tail)
+
+    def _read_lines(self, f: _File, budget: int) -> int:
         consumed = 0
         st = self.stats[f.app]
         while consumed < budget:
@@ -528,6 +571,12 @@ def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str
     truncations = CounterMetricFamily(
         "fleetmon_logs_truncations", "Followed files truncated or replaced in place.", labels=["app"]
     )
+    reread = CounterMetricFamily(
+        "fleetmon_logs_reread_bytes",
+        "Bytes read again from the start of a file whose content changed before the read position though"
+        " its size did not drop (truncated and refilled, or rewritten in place: then counted twice).",
+        labels=["app"],
+    )
     file_errors = CounterMetricFamily(
         "fleetmon_logs_file_errors", "Errors opening or reading log files.", labels=["app"]
     )
@@ -566,8 +615,9 @@ def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str
         files.add_metric([app], nfiles.get(app, 0))
         rotations.add_metric([app], s.rotations)
         truncations.add_metric([app], s.truncations)
+        reread.add_metric([app], s.reread_bytes)
         file_errors.add_metric([app], s.file_errors)
         lag.add_metric([app], unread.get(app, 0))
     yield from (req, last_err, routes, errors, training, events, replicas, replicas_max)
     yield from (mem_ws, mem_limit, mem_ratio, lines, nbytes, rejected, quarantined)
-    yield from (files, rotations, truncations, file_errors, lag)
+    yield from (files, rotations, truncations, reread, file_errors, lag)

@@ -50,6 +50,7 @@ class AppStats:
         self.quarantined: dict[str, int] = {}
         self.rotations = 0
         self.truncations = 0
+        self.reread_bytes = 0  # read again after a truncation seen only by content (see logs.py)
         self.file_errors = 0
 
     def to_state(self) -> dict[str, Any]:
@@ -69,6 +70,7 @@ class AppStats:
             "quarantined": self.quarantined,
             "rotations": self.rotations,
             "truncations": self.truncations,
+            "reread_bytes": self.reread_bytes,
             "file_errors": self.file_errors,
         }
 
@@ -89,6 +91,7 @@ class AppStats:
         s.quarantined = {k: int(v) for k, v in d.get("quarantined", {}).items()}
         s.rotations = int(d.get("rotations", 0))
         s.truncations = int(d.get("truncations", 0))
+        s.reread_bytes = int(d.get("reread_bytes", 0))
         s.file_errors = int(d.get("file_errors", 0))
         return s
 

@@ -359,3 +359,82 @@ def test_disabled_or_empty_logs_config_exports_nothing(tmp_path: Path) -> None:
         assert not os.path.exists(tmp_path / "state")
     finally:
         coll.close()
+
+
+# A start-up banner with no timestamp (Spring Boot's, say): longer than the head fingerprint, the same
+# at every start, so only what follows it tells one run of the app from the next.
+BANNER = "".join(f"  .   ____          _            __ _ _  line {i:02d} of the banner, {'=' * 20}\n" for i in range(6))
+PLAIN = '10.0.0.7 - - [22/Nov/2026:{h:02d}:{m:02d}:{s:02d} +0000] "GET /api/v1/x HTTP/1.1" {status} 512 "-" "curl/8.5"\n'
+
+
+def plain_run(hour: int, n: int, status: int) -> str:
+    return BANNER + "".join(PLAIN.format(h=hour, m=i // 60, s=i % 60, status=status) for i in range(n))
+
+
+def requests_by_status(t: LogTailer, status: str, app: str = "gateway") -> int:
+    return sum(v for (m, r, s), v in t.stats[app].requests.items() if s == status)
+
+
+def test_truncated_in_place_and_refilled_past_the_offset_with_the_same_banner(
+    tmp_path: Path, logdir: Path
+) -> None:
+    # The app restarts with `> app.log` and writes the same banner, and more than before, before we look:
+    # size and head are those of a file that only grew.
+    f = logdir / "app.log"
+    append(f, plain_run(10, 10, 200))
+    assert len(BANNER) > 256
+    t = run(cfg_for(tmp_path))
+    try:
+        assert requests_by_status(t, "200") == 10
+        with open(f, "r+b") as fh:
+            fh.truncate(0)
+        append(f, plain_run(11, 25, 503))
+        t.poll()
+        assert requests_by_status(t, "503") == 25  # every line of the new run, none skipped
+        assert requests_by_status(t, "200") == 10
+        assert t.stats["gateway"].truncations == 1
+        # the size did not drop: what lay before the old position is reported as read again
+        assert t.stats["gateway"].reread_bytes == len(plain_run(10, 10, 200))
+        t.poll()
+        assert requests_total(t) == 35
+    finally:
+        t.close()
+
+
+def test_truncated_in_place_while_the_exporter_was_down(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, plain_run(10, 10, 200))
+    cfg = cfg_for(tmp_path)
+    run(cfg).close()
+    with open(f, "r+b") as fh:
+        fh.truncate(0)
+    append(f, plain_run(11, 25, 503))
+    t = run(cfg)
+    try:
+        assert requests_by_status(t, "503") == 25
+        assert requests_by_status(t, "200") == 10
+        assert t.stats["gateway"].truncations == 1
+    finally:
+        t.close()
+
+
+def test_growth_alone_is_not_taken_for_truncation(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "app.log"
+    append(f, plain_run(10, 10, 200))
+    cfg = cfg_for(tmp_path)
+    t = run(cfg)
+    try:
+        for k in range(5):
+            append(f, "".join(PLAIN.format(h=12, m=k, s=i, status=201) for i in range(7)))
+            t.poll()
+        assert t.stats["gateway"].truncations == 0
+        assert requests_total(t) == 45
+    finally:
+        t.close()
+    append(f, PLAIN.format(h=13, m=0, s=0, status=201))
+    t = run(cfg)
+    try:
+        assert t.stats["gateway"].truncations == 0
+        assert requests_total(t) == 46
+    finally:
+        t.close()
