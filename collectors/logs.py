@@ -21,6 +21,10 @@ Tailing, in the background ``poll()`` (the scrape only reads counters from memor
   reading resumes at the saved positions, so nothing is counted twice or skipped. A file renamed while the
   exporter was down is found again by inode in its directory and read to its end.
 - Rejected lines are counted by reason and a rate-limited sample is appended to ``logs.quarantine_file``.
+- A JSON array document (what ``az monitor log-analytics query -o json`` writes: ``[`` alone on a line,
+  indented objects, ``]`` alone at the start of a line; or a compact array on one line) is read whole once
+  its closing line is there, up to ``DOC_MAX`` bytes, and each element is fed to the parser as one record.
+  A larger document is rejected as ``too_long`` once and skipped to its closing line.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -37,6 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from collectors.logformats import (
@@ -56,6 +62,25 @@ CHUNK = MAX_LINE + 1  # a full line of MAX_LINE bytes plus its newline fits in o
 FP_LEN = 256  # bytes of a file's head that identify it (with device and inode)
 PASS_BYTES = 16 << 20  # per file and pass: files are served in turn, state saved between passes
 STATE_VERSION = 1
+DOC_MAX = 128 << 20  # a JSON array document is decoded whole: bigger ones are rejected as too_long
+DOC_BATCH = 5000  # elements of a document fed per hold of the lock (a scrape waits at most for one batch)
+_DOC_END = re.compile(rb"\n\][ \t\r]*(?:\n|\Z)")  # "]" at the start of a line closes the top-level array
+
+
+def _document_start(line: bytes) -> bool:
+    """A line that opens a JSON array document: ``[`` alone, or ``[{`` / ``[]`` (not ``[2026-11-22 ...]``)."""
+    s = line.strip()
+    return s == b"[" or s.startswith((b"[{", b"[ {", b"[]"))
+
+
+def _document_end(data: bytes) -> int:
+    """The length of the document that starts ``data`` (up to its closing line's newline), or -1 if not there."""
+    nl = data.find(b"\n")
+    first = (data if nl < 0 else data[:nl]).strip()
+    if first != b"[" and first.endswith(b"]"):  # a compact array on one line
+        return -1 if nl < 0 else nl + 1
+    m = _DOC_END.search(data, 0 if nl < 0 else nl)
+    return -1 if m is None else m.end()
 
 
 def _fingerprint(head: bytes) -> str:
@@ -127,6 +152,7 @@ class _File:
         self.tail_fp = ""  # tail fingerprint: the tail_len bytes that end at offset
         self.tail_len = 0
         self.skipping = False  # inside a too-long line: skip to its newline
+        self.skipping_doc = False  # inside a too-long JSON array document: skip to its closing line
         self.partial = PartialState()
         self.rotated = False  # no longer found by any glob: read to the end, then close
 
@@ -146,6 +172,7 @@ class _File:
             "tail_fp": self.tail_fp,
             "tail_len": self.tail_len,
             "skipping": self.skipping,
+            "skipping_doc": self.skipping_doc,
             "pending": self.partial.pending,
             "context": self.partial.context,
         }
@@ -247,6 +274,7 @@ class LogTailer:
             f.tail_fp, f.tail_len = saved.get("tail_fp", ""), int(saved.get("tail_len", 0))
             if self._changed(f, st.st_size) is None:
                 f.skipping = bool(saved.get("skipping", False))
+                f.skipping_doc = bool(saved.get("skipping_doc", False))
                 f.partial.pending = dict(saved.get("pending", {}))
                 f.partial.context = dict(saved.get("context", {}))
             else:  # same inode, other content: the file was replaced or truncated while we were down
@@ -365,6 +393,7 @@ class LogTailer:
             if size >= f.offset:  # not shrunk: perhaps rewritten in place rather than truncated
                 st.reread_bytes += f.offset
             f.offset, f.fp, f.fp_len, f.tail_fp, f.tail_len, f.skipping = 0, "", 0, "", 0, False
+            f.skipping_doc = False
             f.partial.pending.clear()
             f.partial.context.clear()
         self._dirty = True
@@ -376,7 +405,7 @@ class LogTailer:
             return
         why = self._changed(f, size)
         if why is not None:
-            log.info("log file %s was truncated or rewritten (%s changed); reading it from the start", f.path, why)
+            log.info("log file %s was truncated or rewritten (%s changed); reading it again", f.path, why)
             self._restart(f, size)
 
     def _read(self, f: _File, budget: int) -> int:
@@ -386,12 +415,16 @@ class LogTailer:
         start = f.offset
         consumed = self._read_lines(f, budget)
         if f.offset != start:
-            self._mark_tail(f)
+            self._fingerprint_read(f)
         return consumed
 
-    def _mark_tail(self, f: _File) -> None:
+    def _fingerprint_read(self, f: _File) -> None:
+        """Fingerprint what was read: the head (until it is FP_LEN long) and the bytes ending at the offset."""
         n = min(FP_LEN, f.offset)
         try:
+            if f.fp_len < FP_LEN and f.offset > f.fp_len:
+                head = os.pread(f.fd, n, 0)
+                f.fp, f.fp_len = _fingerprint(head), len(head)
             tail = os.pread(f.fd, n, f.offset - n)
         except OSError:
             return
@@ -409,6 +442,19 @@ class LogTailer:
                 break
             if not data:
                 break
+            if f.skipping_doc:  # the rest of a too-long document
+                m = _DOC_END.search(data)
+                # keep a few bytes back: the closing line may straddle two reads
+                n = m.end() if m is not None else max(0, len(data) - 8) if len(data) == CHUNK else 0
+                if n == 0:
+                    break
+                with self.lock:
+                    f.offset += n
+                    st.bytes += n
+                    f.skipping_doc = m is None
+                consumed += n
+                self._dirty = True
+                continue
             if f.skipping:  # the rest of a too-long line
                 i = data.find(b"\n")
                 n = len(data) if i < 0 else i + 1
@@ -433,24 +479,76 @@ class LogTailer:
                 continue
             n = last_nl + 1
             with self.lock:
-                self._parse(st, f, data[:last_nl], f.offset)
+                upto = self._parse(st, f, data[:last_nl], f.offset)
+                if upto is not None:  # a JSON array document starts after `upto` bytes of lines
+                    n = upto
                 f.offset += n
                 st.bytes += n
             consumed += n
             self._dirty = True
-            if f.fp_len < FP_LEN and f.offset > f.fp_len:
-                head = os.pread(f.fd, min(FP_LEN, f.offset), 0)
-                f.fp, f.fp_len = _fingerprint(head), len(head)
+            if upto is not None:
+                n = self._read_document(f, st)
+                if n == 0:
+                    break  # not complete yet: wait for its writer
+                consumed += n
         return consumed
 
-    def _parse(self, st: AppStats, f: _File, block: bytes, offset: int) -> None:
+    def _parse(self, st: AppStats, f: _File, block: bytes, offset: int) -> int | None:
+        """Feed the block's lines; stops at a line that opens a JSON array document and returns its position."""
         feed = self.parser.feed
         partial = f.partial
+        docs = block[:1] == b"[" or b"\n[" in block  # the only lines that may open a document
+        start = offset
         for line in block.split(b"\n"):
+            if docs and line[:1] == b"[" and _document_start(line):
+                return offset - start
             reason = feed(st, line, partial)
             if reason is not None:
                 self._reject(st, f, reason, offset, line)
             offset += len(line) + 1
+        return None
+
+    def _read_document(self, f: _File, st: AppStats) -> int:
+        """The JSON array document at f.offset, element by element; returns bytes consumed (0: incomplete)."""
+        try:
+            data = os.pread(f.fd, DOC_MAX + 1, f.offset)
+        except OSError as e:
+            log.warning("cannot read log file %s: %s", f.path, e)
+            st.file_errors += 1
+            return 0
+        end = _document_end(data)
+        if end < 0:
+            if len(data) <= DOC_MAX:
+                return 0
+            with self.lock:
+                self._reject(st, f, "too_long", f.offset, data[:4096])
+                f.skipping_doc = True
+                f.offset += 1  # past the "[": the skip looks for the closing line from here
+                st.bytes += 1
+            self._dirty = True
+            return 1
+        offset = f.offset
+        try:
+            rows = msgspec.json.decode(data[:end])
+        except msgspec.DecodeError:
+            rows = None
+        with self.lock:
+            if not isinstance(rows, list):
+                self._reject(st, f, "invalid_json" if rows is None else "invalid_record", offset, data[:4096])
+                rows = []
+        encode, feed = msgspec.json.encode, self.parser.feed
+        for i in range(0, len(rows), DOC_BATCH):
+            with self.lock:
+                for row in rows[i : i + DOC_BATCH]:
+                    line = encode(row) if isinstance(row, dict) else b""
+                    reason = feed(st, line, f.partial) if line else "invalid_record"
+                    if reason is not None:
+                        self._reject(st, f, reason, offset, line or encode(row)[:4096])
+        with self.lock:
+            f.offset += end
+            st.bytes += end
+        self._dirty = True
+        return end
 
     def _reject(self, st: AppStats, f: _File, reason: str, offset: int, line: bytes) -> None:
         st.rejected[reason] = st.rejected.get(reason, 0) + 1

@@ -363,7 +363,9 @@ def test_disabled_or_empty_logs_config_exports_nothing(tmp_path: Path) -> None:
 
 # A start-up banner with no timestamp (Spring Boot's, say): longer than the head fingerprint, the same
 # at every start, so only what follows it tells one run of the app from the next.
-BANNER = "".join(f"  .   ____          _            __ _ _  line {i:02d} of the banner, {'=' * 20}\n" for i in range(6))
+BANNER = "".join(
+    f"  .   ____          _            __ _ _  line {i:02d} of the banner, {'=' * 20}\n" for i in range(6)
+)
 PLAIN = '10.0.0.7 - - [22/Nov/2026:{h:02d}:{m:02d}:{s:02d} +0000] "GET /api/v1/x HTTP/1.1" {status} 512 "-" "curl/8.5"\n'
 
 
@@ -436,5 +438,99 @@ def test_growth_alone_is_not_taken_for_truncation(tmp_path: Path, logdir: Path) 
     try:
         assert t.stats["gateway"].truncations == 0
         assert requests_total(t) == 46
+    finally:
+        t.close()
+
+
+# ---------------------------------------------------------------------------- JSON array documents
+def console_row(i: int, status: int = 200) -> dict[str, str]:
+    line = ACCESS.format(s=i % 60, b=i % 7, status=status)
+    return {
+        "ContainerAppName": "gateway",
+        "Log": line,
+        "Stream": "stdout",
+        "TimeGenerated": "2026-11-22T10:00:00Z",
+    }
+
+
+def indented(rows: list[dict[str, str]]) -> str:
+    # as `az ... -o json` prints: an indented array, "[" and "]" alone on their lines
+    return json.dumps(rows, indent=2, sort_keys=True) + "\n"
+
+
+def test_an_indented_json_array_document_is_read_element_by_element(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "export.log"
+    append(f, docker_access(0))
+    doc = indented([console_row(i, 503 if i % 2 else 200) for i in range(6)])
+    half = len(doc) // 2
+    append(f, doc[:half])  # the writer is not done yet
+    t = run(cfg_for(tmp_path))
+    try:
+        assert requests_total(t) == 1
+        append(f, doc[half:])
+        append(f, docker_access(1))
+        t.poll()
+        assert requests_total(t) == 8
+        assert requests_by_status(t, "503") == 3
+        assert t.stats["gateway"].lines.get("azure_console") == 6
+        assert sum(t.stats["gateway"].rejected.values()) == 0
+        t.poll()
+        assert requests_total(t) == 8
+    finally:
+        t.close()
+
+
+def test_a_document_left_incomplete_across_a_restart_is_counted_once(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "export.json"
+    cfg = cfg_for(tmp_path, apps={"gateway": [str(logdir / "*.json")]})
+    doc = indented([console_row(i) for i in range(4)])
+    append(f, doc[:-10])
+    run(cfg).close()
+    append(f, doc[-10:])
+    append(f, json.dumps([console_row(9)]) + "\n")  # a compact array on one line
+    t = run(cfg)
+    try:
+        assert requests_total(t) == 5
+        assert sum(t.stats["gateway"].rejected.values()) == 0
+    finally:
+        t.close()
+
+
+def test_bad_documents_are_rejected_once_with_a_reason(tmp_path: Path, logdir: Path) -> None:
+    f = logdir / "export.log"
+    append(f, '[\n  {"ContainerAppName": "gateway", "Log": "x",\n]\n')  # not JSON
+    append(f, indented([console_row(0)]).replace("{", '"not an object",\n  {', 1))  # a string element
+    # lines that start with "[" but open no document: gunicorn's error log, a bracketed timestamp
+    append(f, "[2026-11-22 10:00:00 +0000] [1] [INFO] Starting gunicorn 23.0.0\n")
+    append(f, docker_access(1))
+    t = run(cfg_for(tmp_path))
+    try:
+        st = t.stats["gateway"]
+        assert st.rejected["invalid_json"] == 1
+        assert st.rejected["invalid_record"] == 1
+        assert requests_total(t) == 2  # the object of the second document and the last line
+        samples = [json.loads(x) for x in (tmp_path / "quarantine" / "logs.jsonl").read_text().splitlines()]
+        assert {s["reason"] for s in samples} >= {"invalid_json", "invalid_record"}
+    finally:
+        t.close()
+
+
+def test_a_document_over_the_size_limit_is_rejected_once_and_skipped(
+    tmp_path: Path, logdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import collectors.logs as logs_mod
+
+    monkeypatch.setattr(logs_mod, "DOC_MAX", 4096)
+    monkeypatch.setattr(logs_mod, "CHUNK", 1024)  # the skip crosses several reads
+    f = logdir / "export.log"
+    append(f, indented([console_row(i) for i in range(100)]))
+    append(f, docker_access(1))
+    append(f, indented([console_row(i) for i in range(3)]))
+    t = run(cfg_for(tmp_path))
+    try:
+        st = t.stats["gateway"]
+        assert st.rejected["too_long"] == 1
+        assert requests_total(t) == 4
+        assert sum(st.rejected.values()) == 1
     finally:
         t.close()
