@@ -4,8 +4,8 @@
     .venv/bin/python -m benchmarks.logs_bench --size-mb 1024        # the issue's 1 GiB
 
 Generates a log mixing every format (Docker json-file, CRI with partial records, Azure console and system
-records, plain combined access lines) of about ``--size-mb``, plus one file per format, then measures in one
-run, side by side on the same files:
+records, plain combined access lines, and the real platforms' and servers' shapes of ``REAL_FORMATS``) of
+about ``--size-mb``, plus one file per format, then measures in one run, side by side on the same files:
 
 - lines/s per format and overall, for fleetmon's tailer (``LogTailer``: chunked reads, msgspec, first-byte
   dispatch) and for a naive baseline (``readline`` + ``json.loads`` + the same regexes per line);
@@ -30,6 +30,12 @@ import time
 from pathlib import Path
 
 FORMATS = ("docker", "cri", "azure_console", "azure_system", "access")
+# Shapes of real platforms and servers (docs/formats.md), each a mix of its own:
+# - azure_la: Log Analytics `_CL` rows (suffixed columns), console and system, some with every value a string;
+# - azure_monitor: Azure Monitor resource-specific rows with all their columns (`Type` = the table);
+# - servers: nginx with $request_time, gunicorn with %(L)s, uvicorn coloured, JSON request logs (in Docker);
+# - apps: JSON and logfmt lines with lower-case levels, Python tracebacks, Spring Boot lines (in Docker).
+REAL_FORMATS = ("azure_la", "azure_monitor", "servers", "apps")
 APPS = ["gateway", "api", "model-serving", "training-api", "training-processor", "mlflow", "system"]
 PATHS = (
     "/api/v1/buildings/c{c:02d}-b{b:03d}/forecast",
@@ -68,7 +74,158 @@ def _app_line(rng: random.Random, i: int) -> str:
     )
 
 
+def _clf(i: int) -> str:
+    return f"22/Nov/2026:10:{(i // 60) % 60:02d}:{i % 60:02d} +0000"
+
+
+def _path(rng: random.Random) -> str:
+    c, b = rng.randint(1, 4), rng.randint(1, 200)
+    return rng.choice(PATHS).format(c=c, b=b, v=rng.randint(1, 9), uuid=f"{rng.getrandbits(128):032x}")
+
+
+def _server_line(rng: random.Random, i: int) -> str:
+    status = rng.choice((200, 200, 200, 201, 304, 404, 500, 503))
+    ip = f"10.0.{rng.randint(0, 3)}.{rng.randint(2, 250)}"
+    r = rng.random()
+    if r < 0.35:  # nginx: combined with $request_time appended
+        return (
+            f'{ip} - - [{_clf(i)}] "GET {_path(rng)} HTTP/1.1" {status} {rng.randint(100, 9000)} "-" '
+            f'"python-requests/2.32.3" {rng.lognormvariate(-3, 1):.3f}'
+        )
+    if r < 0.55:  # gunicorn: its default format with %(L)s appended
+        return (
+            f'{ip} - - [{_clf(i)}] "POST {_path(rng)} HTTP/1.1" {status} {rng.randint(100, 9000)} "-" '
+            f'"python-httpx/0.27.0" {rng.lognormvariate(-3, 1):.6f}'
+        )
+    if r < 0.75:  # uvicorn with a TTY: coloured level and status
+        return (
+            f'\x1b[32mINFO\x1b[0m:     {ip}:{rng.randint(30000, 60000)} - "\x1b[1mGET {_path(rng)} HTTP/1.1\x1b[0m" '
+            f"\x1b[32m{status} OK\x1b[0m"
+        )
+    return json.dumps(  # a model server's JSON request log
+        {
+            "time": _ts(i)[:23] + "Z",
+            "level": "info",
+            "logger": "serving.access",
+            "method": "POST",
+            "path": _path(rng),
+            "status": status,
+            "duration_ms": round(rng.lognormvariate(3, 0.6), 1),
+        }
+    )
+
+
+_TRACEBACK = (
+    "Traceback (most recent call last):",
+    '  File "/app/serving/predict.py", line 88, in score',
+    "    frame = features.loc[key]",
+    '  File "/usr/local/lib/python3.11/site-packages/pandas/core/indexing.py", line 1191, in __getitem__',
+    "    return self._getitem_axis(maybe_callable, axis=axis)",
+    "KeyError: 'c01-b003'",
+)
+
+
+def _app_records(rng: random.Random, i: int) -> list[str]:
+    """Application lines (one or several: a traceback) as frameworks write them."""
+    r = rng.random()
+    if r < 0.4:
+        level = rng.choice(("info", "info", "info", "warning", "error"))
+        return [
+            json.dumps(
+                {
+                    "time": _ts(i)[:23] + "Z",
+                    "level": level,
+                    "logger": "api.routes",
+                    "message": f"lookup building=c01-b{rng.randint(1, 99):03d}",
+                }
+            )
+        ]
+    if r < 0.7:
+        level = rng.choice(("info", "info", "debug", "warn", "error"))
+        return [
+            f'time={_ts(i)[:23]}Z level={level} msg="scored model" rows=24 latency_ms={rng.randint(8, 140)}'
+        ]
+    if r < 0.85:
+        return [
+            f"{_ts(i)[:23]}Z  INFO 1 --- [nio-8080-exec-{rng.randint(1, 9)}] o.s.web.servlet.DispatcherServlet"
+            "        : Completed initialization in 1 ms"
+        ]
+    return [f"{_ts(i)[:10]} 10:00:00,123 ERROR [serving.predict] scoring failed", *_TRACEBACK]
+
+
 def make_line(fmt: str, rng: random.Random, i: int) -> str:
+    if fmt == "azure_la":
+        app = rng.choice(APPS[:-1])
+        if rng.random() < 0.7:
+            rec: dict[str, object] = {
+                "TenantId": "6b1e3a52-7c0d-4f7e-9c1e-3d2b8a9f0e11",
+                "SourceSystem": "RestAPI",
+                "TimeGenerated": _ts(i)[:23] + "Z",
+                "ContainerAppName_s": app,
+                "EnvironmentName_s": "energyhub-prod",
+                "RevisionName_s": f"{app}--r1",
+                "ContainerName_s": app,
+                "ContainerGroupName_s": f"{app}--r1-5d9c7",
+                "ContainerGroupId_g": "d9b2c1f0-1111-4a5b-9c8d-0e1f2a3b4c5d",
+                "ContainerId_s": f"{rng.getrandbits(128):032x}",
+                "ContainerImage_s": f"energyhub.azurecr.io/{app}:1.4.2",
+                "Stream_s": "stdout",
+                "Log_s": _app_line(rng, i),
+                "Type": "ContainerAppConsoleLogs_CL",
+                "_ResourceId": "",
+            }
+        else:
+            reason = rng.choice(("ReplicaUnhealthy", "ContainerStarted", "ImagePulled", "KEDAScalersStarted"))
+            rec = {
+                "TenantId": "6b1e3a52-7c0d-4f7e-9c1e-3d2b8a9f0e11",
+                "SourceSystem": "RestAPI",
+                "TimeGenerated": _ts(i)[:23] + "Z",
+                "ContainerAppName_s": app,
+                "EnvironmentName_s": "energyhub-prod",
+                "RevisionName_s": f"{app}--r3",
+                "ReplicaName_s": f"{app}--r3-7f9d-{rng.randint(0, 4)}",
+                "Type_s": "Warning" if reason == "ReplicaUnhealthy" else "Normal",
+                "Reason_s": reason,
+                "Log_s": "Readiness probe failed: HTTP probe failed with statuscode: 503",
+                "EventSource_s": "ContainerAppController",
+                "Count_d": 1,
+                "Type": "ContainerAppSystemLogs_CL",
+                "_ResourceId": "",
+            }
+        if rng.random() < 0.3:  # as `az monitor log-analytics query` returns them: every value a string
+            rec = {k: str(v) for k, v in rec.items()}
+        return json.dumps(rec)
+    if fmt == "azure_monitor":
+        app = rng.choice(APPS[:-1])
+        rid = f"/subscriptions/0b8c/resourcegroups/energyhub/providers/microsoft.app/containerapps/{app}"
+        return json.dumps(
+            {
+                "TenantId": "6b1e3a52-7c0d-4f7e-9c1e-3d2b8a9f0e11",
+                "TimeGenerated": _ts(i)[:23] + "Z",
+                "ContainerAppName": app,
+                "ContainerGroupId": "d9b2c1f0-1111-4a5b-9c8d-0e1f2a3b4c5d",
+                "ContainerGroupName": f"{app}--r1-5d9c7",
+                "ContainerId": f"{rng.getrandbits(128):032x}",
+                "ContainerImage": f"energyhub.azurecr.io/{app}:1.4.2",
+                "ContainerName": app,
+                "EnvironmentName": "energyhub-prod",
+                "JobName": "",
+                "Log": _app_line(rng, i),
+                "RevisionName": f"{app}--r1",
+                "Stream": "stdout",
+                "SourceSystem": "Azure",
+                "Type": "ContainerAppConsoleLogs",
+                "_ResourceId": rid,
+            }
+        )
+    if fmt == "servers":
+        return json.dumps({"log": _server_line(rng, i) + "\n", "stream": "stdout", "time": _ts(i)})
+    if fmt == "apps":
+        stream = "stderr" if rng.random() < 0.5 else "stdout"
+        return "\n".join(
+            json.dumps({"log": line + "\n", "stream": stream, "time": _ts(i)})
+            for line in _app_records(rng, i)
+        )
     if fmt == "docker":
         return json.dumps({"log": _app_line(rng, i) + "\n", "stream": "stdout", "time": _ts(i)})
     if fmt == "cri":
@@ -160,12 +317,13 @@ def naive_parse(path: Path) -> int:
                     continue
                 if "log" in rec:
                     msg = rec["log"]
-                elif "Reason" in rec:
-                    k = ("event", rec.get("ContainerAppName", ""), rec["Reason"])
+                elif "Reason" in rec or "Reason_s" in rec:
+                    reason = rec.get("Reason", rec.get("Reason_s"))
+                    k = ("event", rec.get("ContainerAppName", rec.get("ContainerAppName_s", "")), reason)
                     counts[k] = counts.get(k, 0) + 1
                     continue
                 else:
-                    msg = rec.get("Log")
+                    msg = rec.get("Log", rec.get("Log_s"))
             else:
                 m = CRI_RE.match(line)
                 msg = m.group(4) if m else line
@@ -297,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{'input':<15}{'lines':>12}{'fleetmon l/s':>15}{'naive l/s':>13}{'ratio':>8}{'fleetmon MiB/s':>16}"
         )
-        rows = [(f, (f,), per) for f in FORMATS] + [("mixed", FORMATS, size)]
+        every = FORMATS + REAL_FORMATS
+        # "mixed" is every shape; "mixed_classic" the first five only (the figures of earlier runs)
+        rows = [(f, (f,), per) for f in every] + [("mixed_classic", FORMATS, size), ("mixed", every, size)]
         import collectors.logs  # noqa: F401  (import cost is not parse cost)
 
         for name, fmts, sz in rows:
@@ -314,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_memory:
             mixed = work / "mixed.log"
             quarter = work / "quarter.log"
-            generate(quarter, size // 4, FORMATS)
+            generate(quarter, size // 4, every)
             m_full = peak_rss_child(mixed, work)
             m_quarter = peak_rss_child(quarter, work)
             print(
