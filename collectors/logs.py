@@ -43,8 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
+from collectors.log_analytics import LogAnalyticsSource
 from collectors.logformats import (
     MAX_LINE,
     REJECT_REASONS,
@@ -53,6 +55,7 @@ from collectors.logformats import (
     LineParser,
     PartialState,
 )
+from collectors.logstats import LATENCY_BUCKETS
 from fleetmon.config import Config, LogsConfig
 from fleetmon.exporter import register
 
@@ -354,6 +357,9 @@ class LogTailer:
             progress = False
             for f in list(self.files.values()):
                 n = self._read(f, PASS_BYTES)
+                if n:  # at the end of what was written: errors whose trace may be complete count now
+                    with self.lock:
+                        self.parser.classifier.settle(self.stats[f.app], f.partial)
                 read_any[f.key] = read_any.get(f.key, 0) + n
                 progress = progress or n >= PASS_BYTES
             self.quarantine.flush()
@@ -566,7 +572,10 @@ class LogTailer:
 
 
 # ---------------------------------------------------------------------------------------- collector
-@register("logs", help="Container log files: requests, errors, training and system events per app.")
+@register(
+    "logs",
+    help="Container log files and Azure Log Analytics: requests, errors, training and system events per app.",
+)
 class LogsCollector:
     """Container log files -> per-app metrics (tailed in the background, served from memory)."""
 
@@ -574,12 +583,21 @@ class LogsCollector:
         self.cfg = cfg.platform.logs
         self.enabled = self.cfg.enabled and bool(self.cfg.apps)
         self.tailer = LogTailer(self.cfg)
+        # Azure Log Analytics rows go through the same parser and counters as the files' lines.
+        la = self.cfg.log_analytics
+        self.log_analytics = (
+            LogAnalyticsSource(la, self.tailer) if self.enabled and la.workspace_id and la.tables() else None
+        )
 
     def poll(self) -> None:
         if self.enabled:
             self.tailer.poll()
+            if self.log_analytics is not None:
+                self.log_analytics.poll()  # queries only when due; never raises
 
     def close(self) -> None:
+        if self.log_analytics is not None:
+            self.log_analytics.close()
         self.tailer.close()
 
     def collect(self) -> Iterator[Metric]:
@@ -593,6 +611,8 @@ class LogsCollector:
             for f in t.files.values():
                 nfiles[f.app] += 1
         yield from families(snap, nfiles, unread)
+        if self.log_analytics is not None:
+            yield from self.log_analytics.collect()
 
 
 def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str, int]) -> Iterator[Metric]:
@@ -607,6 +627,13 @@ def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str
         "Log time of the last 4xx/5xx response per route and status.",
         labels=["app", "method", "route", "status"],
     )
+    latency = HistogramMetricFamily(
+        "fleetmon_http_request_duration_seconds",
+        "Request durations read from access and request logs that carry one, by route template (same cap"
+        " as fleetmon_http_requests); see docs/formats.md for the fields read.",
+        labels=["app", "method", "route"],
+    )
+    les = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
     routes = GaugeMetricFamily(
         "fleetmon_http_routes",
         "Distinct route templates tracked (at logs.max_routes the rest count as other).",
@@ -686,6 +713,12 @@ def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str
             req.add_metric([app, m, r, code], v)
         for (m, r, code), ts in s.last_error.items():
             last_err.add_metric([app, m, r, code], ts)
+        for (m, r), counts in s.latency.items():
+            cumulative, acc = [], 0
+            for le, c in zip(les, counts, strict=True):
+                acc += c
+                cumulative.append((le, acc))
+            latency.add_metric([app, m, r], cumulative, s.latency_sum.get((m, r), 0.0))
         routes.add_metric([app], len(s.routes))
         for et, v in s.errors.items():
             errors.add_metric([app, et], v)
@@ -716,6 +749,6 @@ def families(snap: dict[str, AppStats], nfiles: dict[str, int], unread: dict[str
         reread.add_metric([app], s.reread_bytes)
         file_errors.add_metric([app], s.file_errors)
         lag.add_metric([app], unread.get(app, 0))
-    yield from (req, last_err, routes, errors, training, events, replicas, replicas_max)
+    yield from (req, last_err, latency, routes, errors, training, events, replicas, replicas_max)
     yield from (mem_ws, mem_limit, mem_ratio, lines, nbytes, rejected, quarantined)
     yield from (files, rotations, truncations, reread, file_errors, lag)

@@ -10,9 +10,14 @@ from typing import Any
 
 MAX_LINE = 1 << 20  # longer lines are rejected as too_long (also after joining partial records)
 
-FORMATS = ("docker", "cri", "azure_console", "azure_system", "access")
+# "access": a bare access line; "plain": a bare text line that is no access line (an app's own log file);
+# "json": a bare JSON object that is an application's line (LineClassifier.bare_json), not a wrapper record.
+FORMATS = ("docker", "cri", "azure_console", "azure_system", "access", "plain", "json")
+# Upper bounds (seconds) of fleetmon_http_request_duration_seconds, +Inf implied: from 5 ms (a cached model
+# answer) to 30 s (the usual proxy timeout); the classic Prometheus client defaults plus 30.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 REJECT_REASONS = (
-    "unknown_format",  # text that is neither CRI nor an access line
+    "unknown_format",  # a bare line that is a piece of a wrapper record (bad CRI tag, a JSON fragment)
     "invalid_json",  # starts with '{' but is not JSON
     "invalid_record",  # JSON, but not one of the known records (or a field of the wrong type)
     "binary",  # NUL bytes / invalid UTF-8
@@ -37,6 +42,10 @@ class AppStats:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str, str], int] = {}  # (method, route, status)
         self.last_error: dict[tuple[str, str, str], float] = {}  # unix time of the last 4xx/5xx
+        # (method, route) -> requests per LATENCY_BUCKETS bucket (not cumulative; the last one: above the
+        # largest bound), and the sum of their durations in seconds
+        self.latency: dict[tuple[str, str], list[int]] = {}
+        self.latency_sum: dict[tuple[str, str], float] = {}
         self.routes: set[str] = set()
         self.errors: dict[str, int] = {}  # error type -> count
         self.training: dict[str, int] = dict.fromkeys(TRAINING_KINDS, 0)
@@ -57,6 +66,8 @@ class AppStats:
         return {
             "requests": [[*k, v] for k, v in self.requests.items()],
             "last_error": [[*k, v] for k, v in self.last_error.items()],
+            "latency_buckets": list(LATENCY_BUCKETS),
+            "latency": [[*k, v, self.latency_sum.get(k, 0.0)] for k, v in self.latency.items()],
             "routes": sorted(self.routes),
             "errors": self.errors,
             "training": self.training,
@@ -79,6 +90,12 @@ class AppStats:
         s = cls()
         s.requests = {(m, r, st): int(v) for m, r, st, v in d.get("requests", [])}
         s.last_error = {(m, r, st): float(v) for m, r, st, v in d.get("last_error", [])}
+        # histograms saved with other bounds cannot be re-bucketed: they start again (a counter reset)
+        if [float(b) for b in d.get("latency_buckets", [])] == list(LATENCY_BUCKETS):
+            for m, r, counts, total in d.get("latency", []):
+                if len(counts) == len(LATENCY_BUCKETS) + 1:
+                    s.latency[(m, r)] = [int(c) for c in counts]
+                    s.latency_sum[(m, r)] = float(total)
         s.routes = set(d.get("routes", []))
         s.errors = {k: int(v) for k, v in d.get("errors", {}).items()}
         s.training.update({k: int(v) for k, v in d.get("training", {}).items() if k in s.training})
@@ -96,11 +113,12 @@ class AppStats:
         return s
 
     def copy(self) -> AppStats:
-        """A snapshot for a scrape (values are immutable, so shallow copies of the containers suffice)."""
+        """A snapshot for a scrape (values are immutable, so shallow copies suffice, but for latency's lists)."""
         c = AppStats.__new__(AppStats)
         c.__dict__.update(
             {k: (v.copy() if isinstance(v, dict | set) else v) for k, v in self.__dict__.items()}
         )
+        c.latency = {k: v.copy() for k, v in self.latency.items()}  # its lists are updated in place
         return c
 
     def fresh_memory(self) -> list[tuple[float, float, float]]:

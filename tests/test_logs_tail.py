@@ -180,7 +180,7 @@ def test_bad_lines_are_counted_and_sampled_to_quarantine_with_a_rate_limit(
     f = logdir / "app.log"
     huge = b"z" * (MAX_LINE + 5000)
     append(f, docker_access(0))
-    append(f, b"not a log line at all\n" * 300)
+    append(f, b"2026-11-22T10:00:00.123456789Z stdout X broken\n" * 300)  # a CRI record with a bad tag
     append(f, b"\x00\x01garbage\xff\n")
     append(f, b'{"log": "broken\n')
     append(f, huge + b"\n")
