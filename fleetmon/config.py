@@ -300,14 +300,80 @@ class ProcessMatch(_Model):
     match: str
 
 
+# The Log Analytics tables Container Apps writes, by the environment's logs destination
+# (`az containerapp env create --logs-destination log-analytics|azure-monitor`): classic custom-log tables with
+# type-suffixed columns, or the resource-specific tables a diagnostic setting sends to the workspace.
+LOG_ANALYTICS_TABLES = {
+    "log-analytics": ("ContainerAppConsoleLogs_CL", "ContainerAppSystemLogs_CL"),
+    "azure-monitor": ("ContainerAppConsoleLogs", "ContainerAppSystemLogs"),
+}
+# A KQL table name: it is pasted into the query, so nothing but a name is accepted.
+_TABLE_PATTERN = r"^$|^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+
+
+class LogAnalyticsConfig(_Model):
+    # The workspace's id (a GUID: "Workspace ID" in the portal, `customerId` in ARM); none: not read.
+    workspace_id: str | None = Field(
+        default=None, pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )
+    logs_destination: Literal["log-analytics", "azure-monitor"] = "log-analytics"
+    # Table names; none: the destination's; "": that table is not read.
+    console_table: str | None = Field(default=None, pattern=_TABLE_PATTERN)
+    system_table: str | None = Field(default=None, pattern=_TABLE_PATTERN)
+    # managed_identity (Container Apps, VMs: IDENTITY_ENDPOINT / IMDS), environment (a service principal in
+    # AZURE_TENANT_ID / AZURE_CLIENT_ID / AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH), default
+    # (azure-identity's DefaultAzureCredential chain).
+    credential: Literal["managed_identity", "environment", "default"] = "managed_identity"
+    # A user-assigned managed identity's client id (none: the system-assigned identity).
+    client_id: str | None = None
+    # An authority that Entra ID's instance discovery does not know (Azure Stack, a private cloud).
+    disable_instance_discovery: bool = False
+    # The query API; sovereign clouds: https://api.loganalytics.azure.cn, https://api.loganalytics.us.
+    endpoint: str = "https://api.loganalytics.io"
+    query_interval_seconds: float = Field(default=60, gt=0)
+    # Each query reads again this far behind the last one (Log Analytics ingests late); seen rows are skipped.
+    overlap_seconds: float = Field(default=600, ge=0)
+    max_rows_per_query: int = Field(default=10000, ge=1, le=500000)
+    # Pages per table and poll: catching up after a long stop reads at most this many queries at a time.
+    max_queries_per_poll: int = Field(default=10, ge=1)
+    timeout_seconds: float = Field(default=60, gt=0, le=600)
+    checkpoint_file: Path = Path("var/state/log-analytics.json")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        # azure-core sends bearer tokens over TLS only; say so at start-up rather than on every query.
+        if not v.startswith("https://"):
+            raise ValueError("must be an https:// URL (bearer tokens are only sent over TLS)")
+        return v.rstrip("/")
+
+    def tables(self) -> dict[str, str]:
+        """Kind (console, system) -> table name, for the tables that are read."""
+        console, system = LOG_ANALYTICS_TABLES[self.logs_destination]
+        names = {
+            "console": console if self.console_table is None else self.console_table,
+            "system": system if self.system_table is None else self.system_table,
+        }
+        return {kind: name for kind, name in names.items() if name}
+
+
 class LogsConfig(_Model):
     enabled: bool = True
-    # app name -> globs of log files belonging to it
+    # app name -> globs of log files belonging to it (none or []: no files, e.g. an app read only from Azure)
     apps: dict[str, list[str]] = Field(default_factory=dict)
     poll_interval_seconds: float = Field(default=2, gt=0)
     max_routes: int = Field(default=100, ge=1)
     state_file: Path = Path("var/state/logs-positions.json")
     quarantine_file: Path = Path("var/quarantine/logs.jsonl")
+    log_analytics: LogAnalyticsConfig = Field(default_factory=LogAnalyticsConfig)
+
+    @field_validator("apps", mode="before")
+    @classmethod
+    def _apps_without_files(cls, v: Any) -> Any:
+        # `model-serving:` with nothing after it (YAML null) is an app without files.
+        if isinstance(v, dict):
+            return {k: ([] if g is None else g) for k, g in v.items()}
+        return v
 
 
 class PlatformConfig(_Model):
@@ -431,6 +497,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     logs = cfg.platform.logs
     logs.state_file = fix(logs.state_file)
     logs.quarantine_file = fix(logs.quarantine_file)
+    logs.log_analytics.checkpoint_file = fix(logs.log_analytics.checkpoint_file)
     logs.apps = {app: [fix_glob(g) for g in globs] for app, globs in logs.apps.items()}
     cfg.demo.output_dir = fix(cfg.demo.output_dir)
     cfg.stack.state_dir = fix(cfg.stack.state_dir)

@@ -1,0 +1,1 @@
+"""Local fakes of the boundaries this machine cannot reach (named, narrow: see each module)."""
