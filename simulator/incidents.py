@@ -1,9 +1,12 @@
 """Incidents injected into the demo fleet on a deterministic schedule, and the ground truth they leave.
 
 Incidents come in *waves*. Wave 0 starts ``first_incident_after_seconds`` after start-up and holds every
-kind, staggered over the first 90 s, so within five minutes of start-up all six kinds are under way. Later
+kind, staggered over the first 90 s, so within five minutes of start-up all seven kinds are under way. Later
 waves (one per ``period``) hold three to five kinds. Every incident ends before the next wave begins (a gap
-of a few minutes), so alerts fire, resolve, and fire again elsewhere.
+of a few minutes), so alerts fire, resolve, and fire again elsewhere. Within a wave, every model incident
+has a building of its own, and the platform incidents an app of their own: a 5xx burst, slow answers and
+unhealthy replicas never hit the same app at once, so each page has one cause (the 5xx burst takes the
+gateway, so wave 0's latency spike is on model-serving).
 
 A share of buildings (about 40 % of each customer's, at least one when the customer has two or more) is
 *quiet*: no incident ever targets them, so an end-to-end test can check that they raise nothing. The first
@@ -32,10 +35,21 @@ KINDS = (
     "training_failures",
     "http_5xx_burst",
     "replica_unhealthy",
+    "latency_spike",
 )
 MODEL_KINDS = ("data_drift", "error_growth", "stale_predictions", "training_failures")
 # Apps whose replicas can turn unhealthy (the gateway has its own incident kind).
 REPLICA_APPS = ("api", "model-serving", "training-api", "training-processor")
+# Apps whose access logs carry request durations (the gateway's nginx `$request_time`, model-serving's JSON
+# request log), what slows them down, and by how much: every answer that does real work takes `factor` times
+# longer (health probes and cached static files do not). Sized so the p95 rises 6-10x, well past the
+# ApiHighLatency thresholds (gateway 0.5 s, model-serving 0.1 s; normally about 0.17 s and 0.05 s).
+LATENCY_APPS = ("gateway", "model-serving")
+LATENCY_CAUSES = {
+    "gateway": "api upstream slow (database connection pool exhausted)",
+    "model-serving": "CPU throttled (noisy neighbour on the node)",
+}
+LATENCY_FACTOR = {"gateway": (8.0, 12.0), "model-serving": (6.0, 9.0)}
 # Drifting inputs: the building's weather feed going wrong (a swapped or faulty station), so every weather
 # feature shifts at once -- most of the model's inputs drift, which is what Evidently's dataset drift (share of
 # drifted columns >= 0.5) flags. Shifts are ~3x each feature's weekly spread so a KS test on a dozen points
@@ -191,12 +205,13 @@ class Schedule:
         if w == 0:
             kinds = list(KINDS)
             rng.shuffle(kinds)
-            offsets = [0.0, 15.0, 30.0, 45.0, 60.0, 90.0]
+            offsets = [0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0]
         else:
             kinds = rng.sample(KINDS, rng.randint(3, 5))
             offsets = sorted(rng.uniform(0, self.spread) for _ in kinds)
         taken_buildings: set[tuple[str, str]] = set()
         taken_models: set[ModelKey] = set()
+        apps = self._wave_apps(rng, kinds)
         out: list[Incident] = []
         for kind, off in zip(kinds, offsets, strict=True):
             start = t0 + off
@@ -213,7 +228,9 @@ class Schedule:
                 if kind == "data_drift":
                     inc.detail = {
                         "cause": "weather feed fault",
-                        "shifts": {f: round(rng.uniform(lo, hi), 1) for f, (lo, hi) in sorted(DRIFT_SHIFTS.items())},
+                        "shifts": {
+                            f: round(rng.uniform(lo, hi), 1) for f, (lo, hi) in sorted(DRIFT_SHIFTS.items())
+                        },
                     }
                 elif kind == "error_growth":
                     inc.detail = {"max_error_factor": round(rng.uniform(2.0, 2.6), 2)}
@@ -223,13 +240,32 @@ class Schedule:
             elif kind == "http_5xx_burst":
                 inc.app = "gateway"
                 inc.detail = {"share_5xx": round(rng.uniform(0.3, 0.5), 2)}
+            elif kind == "latency_spike":
+                inc.app = apps[kind]
+                inc.detail = {
+                    "factor": round(rng.uniform(*LATENCY_FACTOR[inc.app]), 1),
+                    "cause": LATENCY_CAUSES[inc.app],
+                }
             else:
-                inc.app = rng.choice(REPLICA_APPS)
+                inc.app = apps[kind]
                 inc.detail = {"reasons": ["ReplicaUnhealthy", "BackoffLimitExceeded"]}
             inc.id = f"inc-{self._next_id:03d}"
             self._next_id += 1
             out.append(inc)
         return out
+
+    @staticmethod
+    def _wave_apps(rng: random.Random, kinds: list[str]) -> dict[str, str]:
+        """The app of each platform incident of a wave, a different one for each (the 5xx burst is the
+        gateway's, then the latency spike, then the unhealthy replicas pick among the apps left)."""
+        taken = {"gateway"} if "http_5xx_burst" in kinds else set()
+        apps: dict[str, str] = {}
+        for kind, cands in (("latency_spike", LATENCY_APPS), ("replica_unhealthy", REPLICA_APPS)):
+            if kind in kinds:
+                free = [a for a in cands if a not in taken]
+                apps[kind] = rng.choice(free)
+                taken.add(apps[kind])
+        return apps
 
     @staticmethod
     def _pick(

@@ -1,7 +1,8 @@
 """Container logs of the demo platform, in the wrappers and layout of ``docs/formats.md``.
 
-``var/demo/logs/<app>/...``: ``gateway`` (combined-format access lines), ``api`` and ``model-serving`` in
-Docker json-file records; ``training-api`` and ``training-processor`` in Kubernetes CRI records (long lines
+``var/demo/logs/<app>/...``: ``gateway`` (nginx combined-format access lines with ``$request_time``
+appended), ``api`` and ``model-serving`` (its JSON request log, with ``duration_ms``) in Docker json-file
+records; ``training-api`` and ``training-processor`` in Kubernetes CRI records (long lines
 split into ``P`` partial records); ``mlflow`` as Azure ContainerAppConsoleLogs records; the platform's
 system events (replica counts, memory, probes, jobs, scalers) as Azure ContainerAppSystemLogs records in
 ``system/containerapps.jsonl``. A file passing ``max_bytes`` is rotated by renaming it to ``<name>.1``.
@@ -9,7 +10,13 @@ system events (replica counts, memory, probes, jobs, scalers) as Azure Container
 ``Platform.emit(t0, t1, ...)`` writes the background traffic for the wall interval ``(t0, t1]``: every line
 carries a timestamp in that interval, never later than ``t1``. Incidents change it: an ``http_5xx_burst``
 turns a share of gateway answers into 5xx (and the api logs the errors behind them), ``replica_unhealthy``
-makes an app's replicas report ``ReplicaUnhealthy`` and ``BackoffLimitExceeded``.
+makes an app's replicas report ``ReplicaUnhealthy`` and ``BackoffLimitExceeded``, ``latency_spike`` makes
+the gateway's or model-serving's answers ``factor`` times slower.
+
+Request durations are lognormal per route (``GATEWAY_LATENCY``, ``SERVING_LATENCY``: median and spread,
+with a rare slow outlier), sized like a real deployment: the gateway answers health probes and cached
+static files in a millisecond or two, proxied API calls in tens of milliseconds; model serving scores in
+10-30 ms; a gateway 504 is its upstream timeout (10 s).
 """
 
 from __future__ import annotations
@@ -132,6 +139,45 @@ USER_AGENTS = (
     "kube-probe/1.30",
     "Grafana/11.6.0",
 )
+
+
+# Request duration of a route: lognormal (median seconds, sigma of the log), `work`: whether it does real
+# work upstream (slowed down by a latency_spike) or is answered by the front itself (probes, cached files).
+@dataclass(frozen=True)
+class Latency:
+    median: float
+    sigma: float
+    work: bool = True
+
+
+GATEWAY_LATENCY = {
+    "/api/v1/buildings/{building}/forecast": Latency(0.060, 0.5),
+    "/api/v1/buildings/{building}/anomalies": Latency(0.045, 0.5),
+    "/api/v1/customers/{customer}/buildings": Latency(0.025, 0.45),
+    "/api/v1/models/{model}/versions/{version}": Latency(0.020, 0.45),
+    "/api/v1/jobs/{job}": Latency(0.015, 0.4),
+    "/api/v1/buildings/{building}/predictions": Latency(0.090, 0.6),  # POST
+    "/login": Latency(0.030, 0.4),
+    "/static/app.{hash}.js": Latency(0.002, 0.5, work=False),
+    "/dashboard": Latency(0.003, 0.5, work=False),
+    "/health": Latency(0.001, 0.3, work=False),
+    "/favicon.ico": Latency(0.001, 0.3, work=False),
+    "/wp-login.php": Latency(0.001, 0.3, work=False),
+}
+# A gateway answer other than a 2xx/3xx/404 of the route: how long nginx took to give it.
+GATEWAY_ERROR_LATENCY = {
+    500: Latency(0.080, 0.5),  # the api failed after doing work
+    502: Latency(0.003, 0.5),  # connection reset by the upstream
+    503: Latency(0.001, 0.3),  # no live upstream
+}
+GATEWAY_UPSTREAM_TIMEOUT = 10.0  # proxy_read_timeout: a 504 takes this long
+SERVING_LATENCY = {
+    "forecast": Latency(0.025, 0.55),  # POST .../{model}:predict of a forecaster
+    "anomaly": Latency(0.012, 0.5),  # ... of an anomaly detector
+    "metadata": Latency(0.002, 0.4),  # GET /v1/models/{building}/{energy}/{model}
+    "health": Latency(0.0005, 0.3, work=False),
+}
+OUTLIER_SHARE = 0.003  # a GC pause, a cold cache: 5-20x slower
 ERRORS_BACKGROUND = (
     ("api", "api.routes", "ValueError: invalid literal for int() with base 10: 'latest'"),
     ("api", "api.db", "sqlalchemy.exc.OperationalError: (psycopg2.OperationalError) could not connect"),
@@ -276,8 +322,9 @@ class Platform:
         incs = list(incidents)
         bursts = [i for i in incs if i.kind == "http_5xx_burst"]
         unhealthy = [i for i in incs if i.kind == "replica_unhealthy" and i.app in APP_INFO]
-        self._gateway(t0, t1, bursts)
-        self._serving(t0, t1)
+        slow = [i for i in incs if i.kind == "latency_spike"]
+        self._gateway(t0, t1, bursts, [i for i in slow if i.app == "gateway"])
+        self._serving(t0, t1, [i for i in slow if i.app == "model-serving"])
         self._mlflow(t0, t1)
         self._queue(t0, t1)
         self._background_errors(t0, t1)
@@ -288,14 +335,19 @@ class Platform:
                 self._unhealthy(lo, hi, str(inc.app))
         self._warnings(t0, t1)
 
-    def _route(self) -> tuple[str, str]:
+    def _route(self) -> tuple[str, str, str]:
+        """(method, path, route template) of a gateway request."""
         rng = self.rng
         r = rng.random()
         if r < 0.12:
             m = rng.choice(self.models)
-            return "POST", f"/api/v1/buildings/{m.building}/predictions"
+            return (
+                "POST",
+                f"/api/v1/buildings/{m.building}/predictions",
+                "/api/v1/buildings/{building}/predictions",
+            )
         if r < 0.15:
-            return "POST", "/login"
+            return "POST", "/login", "/login"
         paths, weights = zip(*ROUTES_GET, strict=True)
         tpl = rng.choices(paths, weights)[0]
         m = rng.choice(self.models)
@@ -309,13 +361,25 @@ class Platform:
         )
         if rng.random() < 0.2 and path.startswith("/api/"):
             path += f"?from={rng.randint(1, 48)}h&limit={rng.choice([24, 48, 168])}"
-        return "GET", path
+        return "GET", path, tpl
+
+    def _duration(self, lat: Latency, factor: float = 1.0) -> float:
+        """Seconds: lognormal around the route's median, a rare slow outlier, `factor` for real work."""
+        rng = self.rng
+        d = lat.median * math.exp(rng.gauss(0.0, lat.sigma))
+        if rng.random() < OUTLIER_SHARE:
+            d *= rng.uniform(5.0, 20.0)
+        return d * factor if lat.work else d
+
+    @staticmethod
+    def _factor(t: float, spikes: list[Incident]) -> float:
+        return next((float(i.detail.get("factor", 5.0)) for i in spikes if i.active(t)), 1.0)
 
     def _status_for(self, method: str, path: str, burst_5xx: float | None) -> int:
         rng = self.rng
         p5 = burst_5xx if burst_5xx is not None else 0.004
         if path != "/health" and rng.random() < p5:
-            return rng.choices([500, 502, 503, 504], [0.3, 0.35, 0.25, 0.1])[0]
+            return rng.choices([500, 502, 503, 504], [0.35, 0.35, 0.25, 0.05])[0]
         if path in ("/favicon.ico", "/wp-login.php"):
             return 404
         if path == "/login":
@@ -328,22 +392,35 @@ class Platform:
             return 201 if rng.random() < 0.5 else 200
         return 200 if rng.random() > 0.01 else 404
 
-    def _gateway(self, t0: float, t1: float, bursts: list[Incident]) -> None:
+    def _gateway(self, t0: float, t1: float, bursts: list[Incident], spikes: list[Incident]) -> None:
         rng = self.rng
         for t in self._times(t0, t1, self.gateway_rate):
-            method, path = self._route()
+            method, path, tpl = self._route()
             share = next((float(b.detail.get("share_5xx", 0.4)) for b in bursts if b.active(t)), None)
             status = self._status_for(method, path, share)
             size = {304: 0, 302: rng.randint(0, 200), 404: 153}.get(status) or (
                 rng.randint(90, 300) if status >= 500 else rng.randint(300, 24000)
             )
+            if status == 504:
+                took = GATEWAY_UPSTREAM_TIMEOUT + rng.uniform(0.0005, 0.02)
+            elif status in GATEWAY_ERROR_LATENCY:
+                took = self._duration(GATEWAY_ERROR_LATENCY[status], self._factor(t, spikes))
+            else:
+                took = min(
+                    self._duration(GATEWAY_LATENCY[tpl], self._factor(t, spikes)), GATEWAY_UPSTREAM_TIMEOUT
+                )
             ip = f"10.0.{rng.randint(0, 3)}.{rng.randint(2, 250)}"
             ua = "kube-probe/1.30" if path == "/health" else rng.choice(USER_AGENTS)
             ref = "-" if rng.random() < 0.7 else "https://fleet.example.com/dashboard"
-            line = f'{ip} - - [{ts_clf(t)}] "{method} {path} HTTP/1.1" {status} {size} "{ref}" "{ua}"'
+            # nginx: log_format combined ... plus $request_time (seconds, millisecond resolution)
+            line = (
+                f'{ip} - - [{ts_clf(t)}] "{method} {path} HTTP/1.1" {status} {size} "{ref}" "{ua}" '
+                f"{max(took, 0.0005):.3f}"
+            )
+            # the line is written when the answer is done, stamped with the request's start (as nginx does)
             self._add("gateway", t, docker_record(t, line))
             if path.startswith("/api/"):
-                ms = rng.randint(4, 120) if status < 500 else rng.randint(1000, 30000)
+                ms = max(1, round(took * 1000) - rng.randint(0, 2))  # the api's own view: a bit less
                 if status >= 500:
                     self._api_error(t, method, path, status)
                 elif rng.random() < 0.3:
@@ -375,18 +452,38 @@ class Platform:
         """A continuation line (traceback) without the logging prefix: ordinary output."""
         self._add(app, t, docker_record(t, line, stream))
 
-    def _serving(self, t0: float, t1: float) -> None:
+    def _serving(self, t0: float, t1: float, spikes: list[Incident]) -> None:
+        """Model serving's JSON request log (one record per request, ``duration_ms``): predictions of the
+        fleet's models, their metadata, health probes."""
         rng = self.rng
-        for t in self._times(t0, t1, 1.0):
+        for t in self._times(t0, t1, 1.2):
             m = rng.choice(self.models)
-            self.app_log(
-                "model-serving",
-                t,
-                "INFO",
-                "serving.predict",
-                f"scored model={m.customer}.{m.building}.{m.energy}.{m.model} "
-                f"version={rng.randint(1, 6)} rows={rng.choice([1, 24, 48])} latency_ms={rng.randint(8, 140)}",
-            )
+            r = rng.random()
+            base = f"/v1/models/{m.building}/{m.energy}/{m.model}"
+            if r < 0.1:
+                method, path, lat, status = "GET", "/health", SERVING_LATENCY["health"], 200
+            elif r < 0.15:
+                method, path, lat, status = "GET", base, SERVING_LATENCY["metadata"], 200
+            else:
+                kind = "forecast" if m.model == "forecast" else "anomaly"
+                method, path, lat = "POST", base + ":predict", SERVING_LATENCY[kind]
+                x = rng.random()
+                status = 400 if x < 0.003 else 503 if x < 0.005 else 200
+            took = self._duration(lat, self._factor(t, spikes))
+            if status == 400:
+                took = self._duration(SERVING_LATENCY["metadata"])  # rejected before scoring
+            elif status == 503:
+                took = self._duration(SERVING_LATENCY["health"])  # the model is still loading
+            rec = {
+                "time": ts_milli(t),
+                "level": "info" if status < 500 else "error",
+                "logger": "serving.access",
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(max(took * 1000, 0.1), 1),
+            }
+            self._add("model-serving", t, docker_record(t, json.dumps(rec, separators=(",", ":"))))
 
     def _mlflow(self, t0: float, t1: float) -> None:
         rng = self.rng

@@ -9,6 +9,7 @@ fast rule evaluation and grouping; the rules and `for:` durations are the shippe
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from datetime import datetime
@@ -30,8 +31,9 @@ EXPECTED = {
     "training_failures": ("ModelTrainingFailing", "fleetmon-training"),
     "http_5xx_burst": ("ApiHighErrorRatio", "fleetmon-platform"),
     "replica_unhealthy": ("AppReplicasUnhealthy", "fleetmon-platform"),
+    "latency_spike": ("ApiHighLatency", "fleetmon-platform"),
 }
-PLATFORM_KINDS = ("http_5xx_burst", "replica_unhealthy")
+PLATFORM_KINDS = ("http_5xx_burst", "replica_unhealthy", "latency_spike")
 
 
 def ts(s: str) -> float:
@@ -140,6 +142,8 @@ def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack:
             assert inc["app"] in ann["description"]
             assert n["receiver"] == f"ops-{'pager' if labels['severity'] == 'critical' else 'tickets'}"
             assert n["groupLabels"] == {"alertname": alertname, "app": inc["app"]}
+            # the platform dashboard opens on the app
+            assert parse_qs(url.query) == {"var-app": [inc["app"]]}, ann["dashboard_url"]
         else:
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
             assert query == {f"var-{k}": inc[k] for k in FLEET}, ann["dashboard_url"]
@@ -155,6 +159,19 @@ def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack:
             }
         assert all(a["labels"]["alertname"] == alertname for a in n["alerts"])
 
+    # Slow answers page for the slow app only, while it is slow, and as a ticket (warning): nothing else
+    # (a 5xx burst's timeouts included) raises ApiHighLatency.
+    spikes = [i for i in demo_stack.ground_truth()[1:] if i["kind"] == "latency_spike"]
+    for n in items:
+        for a in n["alerts"]:
+            if a["labels"]["alertname"] != "ApiHighLatency":
+                continue
+            began = ts(re.sub(r"(\.\d{6})\d+", r"\1", a["startsAt"]))
+            assert a["labels"]["severity"] == "warning", a["labels"]
+            assert any(
+                i["app"] == a["labels"]["app"] and ts(i["start"]) <= began <= ts(i["end"]) + 60
+                for i in spikes
+            ), (a["labels"], a["startsAt"])
     # Buildings without incidents raise nothing (info-level records such as a champion change aside).
     noisy = [
         (a["labels"]["alertname"], a["labels"].get("customer"), a["labels"].get("building"))

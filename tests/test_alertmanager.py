@@ -56,6 +56,7 @@ ROUTES = [
     ({"alertname": "CustomerPredictionsStale", "severity": "critical", "customer": "c03"}, "team-west-pager"),
     ({"alertname": "ModelPredictionsStale", "severity": "warning", "customer": "c03"}, "team-west-tickets"),
     ({"alertname": "ApiHighErrorRatio", "severity": "critical", "app": "gateway"}, "ops-pager"),
+    ({"alertname": "ApiHighLatency", "severity": "warning", "app": "model-serving"}, "ops-tickets"),
     ({"alertname": "HostMemoryNearlyFull", "severity": "warning"}, "ops-tickets"),
     # a customer missing from the route table still pages someone
     ({"alertname": "ModelPredictionsStale", "severity": "critical", "customer": "c99"}, "ops-pager"),
@@ -280,3 +281,21 @@ def test_inhibitions(am: tuple[str, Capture]) -> None:
         errors = json.loads(r.read())
     by_sev = {a["labels"]["severity"]: bool(a["status"]["inhibitedBy"]) for a in errors}
     assert by_sev == {"critical": False, "warning": True}
+
+
+def test_an_app_answering_5xx_does_not_also_get_a_latency_ticket(am: tuple[str, Capture]) -> None:
+    """Timeouts are 5xx and slow: ApiHighErrorRatio of an app inhibits its ApiHighLatency, not another app's."""
+    url, _ = am
+    post_alerts(
+        url,
+        [
+            {"labels": {"alertname": "ApiHighErrorRatio", "severity": "critical", "app": "gateway"}},
+            {"labels": {"alertname": "ApiHighLatency", "severity": "warning", "app": "gateway"}},
+            {"labels": {"alertname": "ApiHighLatency", "severity": "warning", "app": "model-serving"}},
+        ],
+    )
+    time.sleep(1)
+    with urllib.request.urlopen(url + "/api/v2/alerts?filter=alertname%3D%22ApiHighLatency%22") as r:
+        latency = json.loads(r.read())
+    inhibited = {a["labels"]["app"]: bool(a["status"]["inhibitedBy"]) for a in latency}
+    assert inhibited == {"gateway": True, "model-serving": False}

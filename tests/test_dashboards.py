@@ -443,3 +443,46 @@ def test_recorded_series_queried_are_defined() -> None:
     used = {n for doc in BUILT.values() for t in targets(doc) for n in RECORDED_RE.findall(t.expr)}
     assert used >= set(common.STATE_RULES.values())
     assert used <= defined, f"not recorded by any rule: {sorted(used - defined)}"
+
+
+# ------------------------------------------------------------------------------------ golden signals
+
+
+def test_platform_shows_the_four_golden_signals_per_app_and_for_model_serving() -> None:
+    """Side by side (one line of the grid): latency percentiles with the alert's threshold, traffic, errors,
+    saturation; first for the selected apps, then for model serving alone. Latency, traffic and errors are
+    the recorded series the alerts evaluate."""
+    doc = by_uid(common.UID["platform"])
+    top = doc["panels"]
+    rows = [p["title"] for p in top if p["type"] == "row"]
+    assert rows[:3] == ["Golden signals", "Model serving", "Latency by route"]
+    first = top[1:5]
+    assert [p["title"] for p in first] == [
+        "Latency (p50 / p95 / p99)",
+        "Traffic",
+        "Errors (5xx ratio)",
+        "Saturation",
+    ]
+    assert len({p["gridPos"]["y"] for p in first}) == 1 and sum(p["gridPos"]["w"] for p in first) == 24
+    exprs = {p["title"]: [t["expr"] for t in p["targets"]] for p in panels(doc) if p["type"] != "row"}
+    latency = exprs["Latency (p50 / p95 / p99)"]
+    assert [re.search(r'quantile="([\d.]+)"', e).group(1) for e in latency[:3]] == ["0.5", "0.95", "0.99"]  # type: ignore[union-attr]
+    assert all(
+        e.startswith("app:fleetmon_http_request_duration_seconds:quantile_rate5m{") for e in latency[:3]
+    )
+    assert latency[3].startswith("app:fleetmon_http_request_duration_seconds:p95_threshold")
+    assert exprs["Traffic"] == ['app:fleetmon_http_requests:rate5m{app=~"$app"}']
+    assert exprs["Errors (5xx ratio)"] == ['app:fleetmon_http_requests_5xx:ratio_rate5m{app=~"$app"}']
+    saturation = " ".join(exprs["Saturation"])
+    for metric in (
+        "fleetmon_app_memory_utilization_max_ratio",
+        "fleetmon_host_cpu_seconds_total",
+        "fleetmon_app_replicas",
+    ):
+        assert metric in saturation
+    for title in ("Latency (p50 / p95 / p99)", "Traffic", "Errors (5xx ratio)"):
+        assert all('app=~"$app"' in e for e in exprs[title])
+    # model serving: the same signals, filtered to it
+    serving = {t: e for t, e in exprs.items() if t.startswith("Model serving")}
+    assert {"Model serving latency (p50 / p95 / p99)", "Model serving saturation"} <= set(serving)
+    assert all('app="model-serving"' in e for es in serving.values() for e in es if "host_cpu" not in e)

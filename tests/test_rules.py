@@ -77,12 +77,15 @@ def test_every_alert_follows_the_conventions() -> None:
         assert f"{url.scheme}://{url.netloc}" == GRAFANA, name
         uid = url.path.split("/")[2]
         assert uid in UID.values(), f"{name}: {uid} is not a dashboard uid"
+        allowed = FLEET_VARS | ({"app"} if uid == UID["platform"] else set())
         for var, values in parse_qs(url.query).items():
             label = var.removeprefix("var-")
-            assert var.startswith("var-") and label in FLEET_VARS, f"{name}: {var}"
+            assert var.startswith("var-") and label in allowed, f"{name}: {var}"
             assert values == ["{{ $labels." + label + " }}"], f"{name}: {var}"
         if uid == UID["model"] or uid == UID["training"]:
             assert set(parse_qs(url.query)) == {f"var-{v}" for v in FLEET_VARS}, name
+        if uid == UID["platform"]:  # per-app alerts open the platform dashboard on their app
+            assert set(parse_qs(url.query)) == {"var-app"}, name
     # at least what the issue asks for
     assert {
         "ModelDataDrift",
@@ -95,6 +98,7 @@ def test_every_alert_follows_the_conventions() -> None:
         "ChampionAliasChanged",
         "ModelInputSchemaChanged",
         "ApiHighErrorRatio",
+        "ApiHighLatency",
         "AppReplicasUnhealthy",
         "MlflowUnreachable",
         "OutputsSourceUnreadable",

@@ -21,7 +21,7 @@ from scipy import stats
 from fleetmon.config import Config, DemoConfig, FleetConfig, ModelKey, OutputsConfig
 from simulator.core import Simulator
 from simulator.fleet import generate_fleet
-from simulator.incidents import KINDS, Schedule
+from simulator.incidents import KINDS, LATENCY_APPS, REPLICA_APPS, Incident, Schedule
 from simulator.logs import LogFile, Platform
 from simulator.world import FEATURES
 
@@ -39,8 +39,15 @@ REASONS = {
     "Completed",
     "KEDAScalerFailed",
 }
+# nginx: log_format combined, then $request_time (seconds, millisecond resolution) as the last field
 ACCESS = re.compile(
-    r'^(\S+) \S+ \S+ \[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} \+0000)\] "(\w+) (\S+) HTTP/1\.1" (\d{3}) (\d+) "[^"]*" "[^"]*"$'
+    r'^(\S+) \S+ \S+ \[(\d{2}/\w{3}/\d{4}:\d{2}:\d{2}:\d{2} \+0000)\] "(\w+) (\S+) HTTP/1\.1" (\d{3}) (\d+) "[^"]*" "[^"]*" '
+    r"(\d+\.\d{3})$"
+)
+# model-serving's JSON request log (inside the Docker json-file record)
+SERVING_KEYS = ["time", "level", "logger", "method", "path", "status", "duration_ms"]
+SERVING_PATH = re.compile(
+    r"^/health$|^/v1/models/c\d\d-b\d{3}/(electricity|heating)/(forecast|anomaly)(:predict)?$"
 )
 NANO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$")
 CRI = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z) (stdout|stderr) ([FP]) (.*)$")
@@ -227,7 +234,9 @@ def test_quiet_buildings_are_never_touched_and_incidents_end_and_follow(run: Run
 
 
 @pytest.mark.parametrize("feature", ["outdoor_temperature", "humidity", "solar_radiation"])
-def test_drift_shifts_the_weather_features_of_that_model_only_and_a_ks_test_sees_it(run: Run, feature: str) -> None:
+def test_drift_shifts_the_weather_features_of_that_model_only_and_a_ks_test_sees_it(
+    run: Run, feature: str
+) -> None:
     inc = run.first("data_drift")
     key, shift = run.key(inc), inc["detail"]["shifts"][feature]
     start, end = ts(inc["start"]), ts(inc["end"])
@@ -302,19 +311,45 @@ def test_error_growth_raises_that_forecasters_error(run: Run) -> None:
 
 
 # ------------------------------------------------------------------------------------------- logs
-def _gateway(run: Run) -> list[tuple[float, int]]:
+def _gateway(run: Run | Path) -> list[tuple[float, int, str, float]]:
+    """(time, status, path, request_time) of every gateway access line (of a run, or under a logs dir)."""
+    logs = run.out / "logs" if isinstance(run, Run) else run
     out = []
-    for line in (run.out / "logs" / "gateway" / "gateway.log").read_text().splitlines():
+    for line in (logs / "gateway" / "gateway.log").read_text().splitlines():
         rec = json.loads(line)
         assert set(rec) == {"log", "stream", "time"} and rec["log"].endswith("\n") and NANO.match(rec["time"])
         m = ACCESS.match(rec["log"].rstrip("\n"))
         assert m, rec["log"]
-        out.append((ts(rec["time"]), int(m.group(5))))
+        out.append((ts(rec["time"]), int(m.group(5)), m.group(4), float(m.group(7))))
     return out
 
 
+def _serving(run: Run | Path) -> list[tuple[float, int, str, float]]:
+    """(time, status, path, duration in seconds) of every model-serving request record."""
+    logs = run.out / "logs" if isinstance(run, Run) else run
+    out = []
+    for line in (logs / "model-serving" / "model-serving.log").read_text().splitlines():
+        inner = json.loads(line)["log"].rstrip("\n")
+        if not inner.startswith("{"):
+            continue  # the app's own (Python logging) lines
+        rec = json.loads(inner)
+        assert list(rec) == SERVING_KEYS, rec
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["time"])
+        assert rec["logger"] == "serving.access" and rec["level"] == (
+            "info" if rec["status"] < 500 else "error"
+        )
+        assert SERVING_PATH.match(rec["path"]) and rec["method"] == ("POST" if ":" in rec["path"] else "GET")
+        assert isinstance(rec["duration_ms"], float) and rec["duration_ms"] > 0
+        out.append((ts(rec["time"]), rec["status"], rec["path"], rec["duration_ms"] / 1000))
+    return out
+
+
+def p95(values: list[float]) -> float:
+    return float(np.percentile(values, 95))
+
+
 def test_http_5xx_burst_raises_the_5xx_share_in_its_window(run: Run) -> None:
-    reqs = _gateway(run)
+    reqs = [(t, s) for t, s, _, _ in _gateway(run)]
     assert {200, 302, 304, 404} <= {s for _, s in reqs}
     bursts = [(ts(r["start"]), ts(r["end"])) for r in run.incidents if r["kind"] == "http_5xx_burst"]
     assert all(r["app"] == "gateway" for r in run.incidents if r["kind"] == "http_5xx_burst")
@@ -327,6 +362,124 @@ def test_http_5xx_burst_raises_the_5xx_share_in_its_window(run: Run) -> None:
     share_in = sum(s >= 500 for s in inside) / len(inside)
     share_out = sum(s >= 500 for s in outside) / len(outside)
     assert len(inside) > 500 and share_in > 0.2 and share_out < 0.02
+
+
+def _spikes(run: Run, app: str) -> list[tuple[float, float, float]]:
+    simulated = START + HOURS * run.sim.interval
+    return [
+        (ts(r["start"]), ts(r["end"]), r["detail"]["factor"])
+        for r in run.incidents
+        if r["kind"] == "latency_spike" and r["app"] == app and ts(r["end"]) <= simulated
+    ]
+
+
+def test_request_durations_are_realistic_per_route_and_quiet_outside_latency_spikes(run: Run) -> None:
+    """Outside incidents: the gateway answers probes and cached files in milliseconds and proxied API calls
+    in tens of milliseconds; model serving scores in 10-30 ms; p95 well under the alert thresholds."""
+
+    def calm(reqs: list[tuple[float, int, str, float]], app: str) -> list[tuple[float, int, str, float]]:
+        spikes = [
+            (a, b)
+            for r in run.incidents
+            if r["kind"] == "latency_spike" and r["app"] == app
+            for a, b in [(ts(r["start"]), ts(r["end"]))]
+        ]
+        return [x for x in reqs if not any(a <= x[0] < b for a, b in spikes)]
+
+    gw = calm(_gateway(run), "gateway")
+    ok = [x for x in gw if x[1] < 500]
+    health = [d for _, _, path, d in ok if path == "/health"]
+    static = [d for _, _, path, d in ok if path.startswith("/static/")]
+    forecast = [d for _, _, path, d in ok if path.split("?")[0].endswith("/forecast")]
+    assert np.median(health) <= 0.002 and np.median(static) <= 0.004
+    assert 0.04 < np.median(forecast) < 0.09 and p95(forecast) < 0.25
+    assert 0.1 < p95([d for *_, d in gw]) < 0.3  # the whole gateway (ApiHighLatency: 0.5 s)
+    assert len({round(d, 3) for *_, d in gw}) > 200  # a distribution (in ms), not a few constants
+    # a 504 is the upstream timeout; 502 / 503 are answered at once
+    assert all(9.99 < d < 10.1 for _, s, _, d in gw if s == 504)
+    assert all(d < 0.5 for _, s, _, d in gw if s in (502, 503))
+
+    sv = calm(_serving(run), "model-serving")
+    predict = [d for _, s, path, d in sv if path.endswith(":predict") and s == 200]
+    forecasters = [d for _, s, path, d in sv if path.endswith("/forecast:predict") and s == 200]
+    detectors = [d for _, s, path, d in sv if path.endswith("/anomaly:predict") and s == 200]
+    assert len(predict) > 0.8 * len(sv) and 0.01 < np.median(predict) < 0.03
+    assert np.median(detectors) < np.median(forecasters)
+    assert 0.03 < p95([d for *_, d in sv]) < 0.08  # (ApiHighLatency: 0.1 s)
+    assert {s for _, s, _, _ in sv} >= {200} and {s for _, s, _, _ in sv} <= {200, 400, 503}
+    # model serving is slower than what the gateway answers itself
+    assert np.median(predict) > 5 * np.median(health + static)
+
+
+@pytest.mark.parametrize(("app", "factor"), [("gateway", 8.0), ("model-serving", 6.0)])
+def test_latency_spike_slows_that_app_several_fold_in_its_window_only(
+    tmp_path: Path, app: str, factor: float
+) -> None:
+    """The smallest factor the schedule draws for the app: its answers take about that much longer, the p95
+    rises several-fold past the alert's threshold; health probes and the other app are not affected."""
+    spike = Incident(
+        id="i1", kind="latency_spike", start=START + 300, end=START + 600, app=app, detail={"factor": factor}
+    )
+    plat = Platform(tmp_path / "logs", FleetConfig(customers=generate_fleet(42, 4, 20)).models(), seed=3)
+    for k in range(9):
+        plat.emit(START + k * 100, START + (k + 1) * 100, [spike])
+        plat.flush()
+    threshold = {"gateway": 0.5, "model-serving": 0.1}  # ApiHighLatency (p95, prometheus/rules/recording.yml)
+    for name, reqs in (
+        ("gateway", _gateway(tmp_path / "logs")),
+        ("model-serving", _serving(tmp_path / "logs")),
+    ):
+        work = [(t, d) for t, s, path, d in reqs if s == 200 and path != "/health"]
+        inside = [d for t, d in work if spike.active(t)]
+        around = [d for t, d in work if not spike.active(t)]
+        assert len(inside) > 200 and len(around) > 400
+        if name != app:  # the other app is not slowed down
+            assert np.median(inside) < 1.3 * np.median(around) and p95(inside) < threshold[name]
+            continue
+        ratio = np.median(inside) / np.median(around)
+        assert 0.7 * factor < ratio < 1.4 * factor, ratio
+        assert p95(inside) > 3 * p95(around)
+        assert p95(inside) > 2 * threshold[name] and threshold[name] > 1.5 * p95(around)
+        # over a quarter of its answers are over the threshold: the 5-minute p95 crosses it within a minute
+        assert sum(d > threshold[name] for d in inside) > 0.25 * len(inside)
+        probes = [d for t, s, path, d in reqs if spike.active(t) and path == "/health"]
+        assert probes and np.median(probes) < 0.002  # health probes do not touch the slow part
+
+
+def test_wave_0_latency_spike_on_model_serving_shows_in_the_run(run: Run) -> None:
+    inc = next(r for r in run.incidents if r["kind"] == "latency_spike")
+    assert inc["app"] == "model-serving"
+    start, end = ts(inc["start"]), ts(inc["end"])
+    reqs = [(t, d) for t, s, path, d in _serving(run) if s == 200 and path.endswith(":predict")]
+    inside = [d for t, d in reqs if start <= t < end]
+    after = [d for t, d in reqs if end <= t < end + 300]
+    assert p95(inside) > 3 * p95(after) and p95(after) < 0.1
+
+
+def test_latency_spike_ground_truth_and_one_app_per_platform_incident() -> None:
+    fleet = FleetConfig(customers=generate_fleet(42, 4, 20))
+    s = Schedule(fleet, 42, START, 30.0, 60.0)
+    incs = s.advance(START + 24 * 3600)
+    spikes = [i for i in incs if i.kind == "latency_spike"]
+    assert len(spikes) > 10 and {i.app for i in spikes} == set(LATENCY_APPS)
+    for i in spikes:
+        rec = i.record()
+        assert rec["customer"] is rec["building"] is rec["model"] is None and rec["app"] in LATENCY_APPS
+        factor = rec["detail"]["factor"]
+        assert (8.0 <= factor <= 12.0) if i.app == "gateway" else (6.0 <= factor <= 9.0)
+        assert rec["detail"]["cause"]
+    assert {i.app for i in incs if i.kind == "replica_unhealthy"} <= set(REPLICA_APPS)
+    # within a wave, the 5xx burst, the latency spike and the unhealthy replicas each have their own app
+    waves: dict[int, list[str]] = defaultdict(list)
+    for i in incs:
+        if i.kind in ("http_5xx_burst", "latency_spike", "replica_unhealthy"):
+            waves[int((i.start - s.wave_start(0)) // s.period)].append(str(i.app))
+    assert len(waves) > 20
+    assert all(len(apps) == len(set(apps)) for apps in waves.values()), waves
+    # wave 0 holds every kind; its latency spike is model serving's (the gateway has the 5xx burst)
+    wave0 = [i for i in incs if i.start < s.wave_start(1)]
+    assert {i.kind for i in wave0} == set(KINDS)
+    assert next(i.app for i in wave0 if i.kind == "latency_spike") == "model-serving"
 
 
 def test_replica_unhealthy_reports_those_reasons_for_that_app_only(run: Run) -> None:
