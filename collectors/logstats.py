@@ -24,7 +24,6 @@ REJECT_REASONS = (
     "too_long",  # over MAX_LINE bytes
     "partial_line",  # a line (or partial record chain) never completed before its file went away
     "unknown_app",  # a system record of an app that is not configured
-    "empty_line",
 )
 TRAINING_KINDS = ("received", "finished", "failed")
 OTHER = "other"

@@ -284,7 +284,11 @@ class OutputsConfig(_Model):
         # Every source gets a stable name for the ``source`` label; names must be unique.
         seen: set[str] = set()
         sources: list[FileSource | SqlSource] = [*self.predictions, *self.actuals, *self.sql]
-        kinds = ["predictions"] * len(self.predictions) + ["actuals"] * len(self.actuals) + ["sql"] * len(self.sql)
+        kinds = (
+            ["predictions"] * len(self.predictions)
+            + ["actuals"] * len(self.actuals)
+            + ["sql"] * len(self.sql)
+        )
         for i, (src, kind) in enumerate(zip(sources, kinds, strict=True)):
             if src.name is None:
                 src.name = f"{kind}-{i}"
