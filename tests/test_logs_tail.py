@@ -534,3 +534,31 @@ def test_a_document_over_the_size_limit_is_rejected_once_and_skipped(
         assert sum(st.rejected.values()) == 1
     finally:
         t.close()
+
+
+def test_a_whole_az_query_file_counts_as_its_rows_one_per_line(tmp_path: Path) -> None:
+    # `az monitor log-analytics query -o json > rows.json`: the fixture's rows as the CLI writes the file
+    # (an indented array); the tailer must count exactly what it counts for the same rows one per line.
+    fixture = Path(__file__).parent / "fixtures" / "logs" / "azure" / "loganalytics_query_strings.jsonl"
+    rows = [json.loads(x) for x in fixture.read_text().splitlines() if x.strip()]
+    d = tmp_path / "logs"
+    d.mkdir()
+    (d / "lines.jsonl").write_text(fixture.read_text())
+    (d / "whole.json").write_text(json.dumps(rows, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    results = {}
+    for name in ("lines.jsonl", "whole.json"):
+        cfg = LogsConfig(
+            apps={"gateway": [str(d / name)], "training-processor": [], "model-serving": [], "api": []},
+            state_file=tmp_path / name / "state.json",
+            quarantine_file=tmp_path / name / "q.jsonl",
+        )
+        t = run(cfg)
+        try:
+            results[name] = {a: s.to_state() for a, s in t.stats.items()}
+        finally:
+            t.close()
+    lines, whole = results["lines.jsonl"], results["whole.json"]
+    for app in lines:
+        for key in ("requests", "errors", "training", "events", "lines", "rejected"):
+            assert whole[app][key] == lines[app][key], (app, key)
+    assert whole["gateway"]["requests"] and whole["gateway"]["rejected"] == lines["gateway"]["rejected"]
