@@ -221,6 +221,19 @@ def clf_time(s: str) -> float | None:
         return None
 
 
+def iso_time(s: str | None) -> float | None:
+    """ISO 8601 text -> unix time (UTC when it names no zone); None if it is no such time."""
+    if not s:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return t.timestamp()
+
+
 def record_time(v: Any) -> float | None:
     """A record's time: epoch seconds (or ms / µs / ns, told apart by size), ISO 8601 or CLF text."""
     if isinstance(v, str):
@@ -229,13 +242,7 @@ def record_time(v: Any) -> float | None:
         try:
             v = float(v)  # nginx $msec, epochs written as text
         except ValueError:
-            try:
-                t = dt.datetime.fromisoformat(v)
-            except ValueError:
-                return None
-            if t.tzinfo is None:
-                t = t.replace(tzinfo=dt.UTC)
-            return t.timestamp()
+            return iso_time(v)
     if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
         return None
     while v > 1e11:  # ms (pino), µs, ns since the epoch

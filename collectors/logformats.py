@@ -29,7 +29,6 @@ and quarantine; nothing raises.
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Iterable
 
@@ -39,6 +38,7 @@ from collectors.applines import (  # noqa: F401  (re-exported: callers and tests
     LineClassifier,
     clf_time,
     error_type,
+    iso_time,
     normalize_route,
 )
 from collectors.logstats import (  # noqa: F401
@@ -230,18 +230,6 @@ def _num(v: float | str | None) -> float | object | None:
         return float(v)
     except ValueError:
         return _BAD
-
-
-def iso_time(s: str | None) -> float | None:
-    if not s:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return t.timestamp()
 
 
 def _looks_binary(line: bytes) -> bool:
