@@ -10,11 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml changes.
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: it is rebuilt only when pyproject.toml or the pins change. Every
+# dependency at the version pinned in constraints.txt, as `make` installs them (scripts/lock-deps.sh).
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir -p fleetmon collectors exporters simulator \
  && touch fleetmon/__init__.py collectors/__init__.py exporters/__init__.py simulator/__init__.py \
- && pip install . \
+ && pip install -c constraints.txt . \
  && pip uninstall -y fleetmon
 
 # The project itself.

@@ -21,11 +21,16 @@ help:
 	@echo "make test-unit / make test-e2e   only the fast tests / only the end-to-end tests"
 	@echo "make lint    ruff + mypy"
 
-# The virtualenv is rebuilt when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# The virtualenv is brought up to date when pyproject.toml or constraints.txt changes. Every dependency is
+# installed at the version pinned in constraints.txt (refresh it with scripts/lock-deps.sh), by uv, which
+# installs the ~165 packages in a fraction of pip's time. uv reads no pip.conf: a package mirror is set with
+# UV_DEFAULT_INDEX (or UV_INDEX_URL) in the environment.
+UV_VERSION := 0.13.9
+UV := $(VENV)/bin/uv
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	@test -x $(UV) && $(UV) --version | grep -q ' $(UV_VERSION)' || $(PY) -m pip install -qq 'uv==$(UV_VERSION)'
+	$(UV) pip install --quiet --python $(PY) --compile-bytecode -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -27,7 +27,7 @@ from fleetmon.config import Config
 from fleetmon.drift.render import render as render_drift
 from fleetmon.exporter import FLEET_LABELS, Rendered, register, render_families
 from fleetmon.outputs.drift_jobs import JobSet, ReferenceFiles, build_jobs
-from fleetmon.outputs.pipeline import OutputsPipeline
+from fleetmon.outputs.pipeline import OutputsPipeline, safe_url
 from fleetmon.outputs.quality import Quality
 
 log = logging.getLogger(__name__)
@@ -296,8 +296,26 @@ def ingest_families(p: OutputsPipeline) -> list[Metric]:
         if hasattr(src, "glob"):
             info.add_metric([name, kind, src.format, src.glob], 1.0)  # type: ignore[union-attr]
         else:
-            info.add_metric([name, kind, "sql", _safe_url(src.url)], 1.0)
+            info.add_metric([name, kind, "sql", safe_url(src.url)], 1.0)
     out += [up, errors, files, rows, info]
+    sql_errors = CounterMetricFamily(
+        "fleetmon_outputs_sql_read_errors",
+        "Failed reads of the SQL source by reason: connect (no connection), connection_lost (during the "
+        "query), timeout (outputs.sql[].statement_timeout_seconds), query (refused by the database), result "
+        "(unusable: no time column, mixed types); each also counts in fleetmon_outputs_source_errors_total.",
+        labels=["source", "reason"],
+    )
+    for (name, reason), n in sorted(p.sql_errors.items()):
+        sql_errors.add_metric([name, reason], float(n))
+    late = CounterMetricFamily(
+        "fleetmon_outputs_sql_late_rows",
+        "Rows of the SQL source counted although their time_column was not newer than the largest value read "
+        "before: committed late, found by the overlap (outputs.sql[].overlap_seconds).",
+        labels=["source"],
+    )
+    for name, n in sorted(p.late_rows.items()):
+        late.add_metric([name], float(n))
+    out += [sql_errors, late]
     n_pred, n_act = p.store.rows()
     g = GaugeMetricFamily(
         "fleetmon_outputs_rows_retained", "Rows kept in memory for windows and drift.", labels=["kind"]
@@ -332,16 +350,6 @@ def building_families(cfg: Config) -> list[Metric]:
         )
         vol.add_metric([c.id, b.id], b.volume_m3)
     return [info, vol]
-
-
-def _safe_url(url: str) -> str:
-    """A SQLAlchemy URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable url>"
 
 
 # ------------------------------------------------------------------------------------------ collectors

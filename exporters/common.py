@@ -2,6 +2,9 @@
 
 --config.file PATH            the fleetmon YAML config (env FLEETMON_CONFIG)
 --web.listen-address H:P      overrides the exporter's ``listen`` from the config
+--web.config.file PATH        exporter-toolkit web config: TLS, basic auth, headers (env
+                              FLEETMON_WEB_CONFIG_FILE, else the exporter's ``listen.web_config_file``;
+                              ``""`` switches it off); see fleetmon.webconfig
 --collector.NAME / --no-collector.NAME   switch a collector on or off
 --log.level LEVEL
 """
@@ -10,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from fleetmon.config import Config, ConfigError, ListenConfig, default_config_path, load_config
 from fleetmon.exporter import COLLECTORS, Exporter, build_collectors, run_forever
+from fleetmon.webconfig import WebServing, resolve
 
 
 def parse_args(
@@ -24,6 +29,12 @@ def parse_args(
     p.add_argument("--config.file", dest="config_file", default=str(default_config_path()))
     p.add_argument(
         "--web.listen-address", dest="listen", default=None, help="host:port (default from config)"
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=os.environ.get("FLEETMON_WEB_CONFIG_FILE"),
+        help="web config file (TLS, basic auth) in exporter-toolkit's format; default from config",
     )
     p.add_argument("--log.level", dest="log_level", default="info")
     for c in collector_names:
@@ -57,14 +68,16 @@ def exporter_main(
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config_file)
-    except ConfigError as e:
+        listen = listen_of(cfg)
+        web_file = resolve(args.web_config_file, listen.web_config_file)
+        web = WebServing(web_file) if web_file is not None else None
+    except ConfigError as e:  # WebConfigError too: it names the web config file and key
         print(f"fleetmon: refusing to start: {e}", file=sys.stderr)
         return 2
-    listen = listen_of(cfg)
     host, port = listen.host, listen.port
     if args.listen:
         h, _, p = args.listen.rpartition(":")
         host, port = h or "0.0.0.0", int(p)
     exporter = Exporter(name, build_collectors(collector_names, cfg, enabled))
-    run_forever(exporter, host, port, intervals_of(cfg))
+    run_forever(exporter, host, port, intervals_of(cfg), web)
     return 0

@@ -140,6 +140,8 @@ class FleetConfig(_Model):
 class ListenConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
+    # exporter-toolkit web config (TLS, basic auth, headers; see fleetmon.webconfig); --web.config.file wins.
+    web_config_file: Path | None = None
 
     @property
     def address(self) -> str:
@@ -213,9 +215,12 @@ class FileSource(_Model):
 class SqlSource(_Model):
     """Rows of a SQL query (SQLAlchemy URL), read incrementally by ``time_column``.
 
-    The first read runs ``query`` as given; later reads wrap it as
-    ``SELECT * FROM (query) WHERE time_column > :since`` with the largest value seen so far, compared by the
-    database in the column's own type. Rows must be inserted with a non-decreasing ``time_column``.
+    The first read after a start runs ``query`` as given; later reads wrap it as
+    ``SELECT * FROM (query) WHERE time_column > :since``, compared by the database in the column's own type,
+    with ``since`` = the largest value read so far minus ``overlap_seconds``: a row committed after a newer
+    one was read (a transaction that began earlier) is still found, and the rows of the overlap read before
+    are recognised (by ``key_columns``, default all columns) and not counted again. See
+    ``fleetmon.outputs.pipeline`` and docs/formats.md.
     """
 
     url: str
@@ -223,6 +228,26 @@ class SqlSource(_Model):
     kind: Literal["predictions", "actuals"] = "predictions"
     time_column: str = Field(default="made_at", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     name: str | None = Field(default=None, pattern=ID_PATTERN)
+    # How far behind the newest time_column value read each read starts again (in the column's units:
+    # seconds for times and numbers, whole days for dates): the longest a row may take from its time_column
+    # value to its commit and still be counted. 0 = only newer rows (late commits are missed).
+    overlap_seconds: float = Field(default=300, ge=0)
+    # Columns that identify a row (e.g. the table's primary key); empty = all columns of the row.
+    key_columns: list[str] = Field(default_factory=list)
+    # Longest a read may take: PostgreSQL cancels the query (SET LOCAL statement_timeout) and gives up
+    # connecting after as long (libpq connect_timeout, at least 2 s); SQLite interrupts the query. Other
+    # databases: set the server's own timeout.
+    statement_timeout_seconds: float = Field(default=30, gt=0)
+
+    @field_validator("key_columns")
+    @classmethod
+    def _key_columns(cls, v: list[str]) -> list[str]:
+        for c in v:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c):
+                raise ValueError(f"key column {c!r} is not a column name")
+        if len(set(v)) != len(v):
+            raise ValueError("key_columns lists a column twice")
+        return v
 
 
 class DriftColumnOverride(_Model):
@@ -414,6 +439,14 @@ class DemoConfig(_Model):
         return v
 
 
+class GrafanaConfig(_Model):
+    # A file holding the admin user's password. Unset: one is generated on first start, kept (mode 0600) in
+    # <stack.data_dir>/grafana/admin-password. GF_SECURITY_ADMIN_PASSWORD in the environment wins over both.
+    admin_password_file: Path | None = None
+    # Anonymous visitors see the dashboards as read-only viewers. Off unless turned on (the demo config does).
+    anonymous_viewer: bool = False
+
+
 class StackConfig(_Model):
     # `fleetmon stack`: pid files in state_dir, logs in log_dir, each component's data under data_dir.
     state_dir: Path = Path("var/run")
@@ -423,12 +456,18 @@ class StackConfig(_Model):
     bind_host: str = "127.0.0.1"
     # Start the demo: a local MLflow server and the simulator. false: monitor a real deployment.
     demo: bool = True
+    # TLS and basic auth between every component: a local CA, certificate and passwords under
+    # <data_dir>/tls and <data_dir>/secrets, made on first start (fleetmon/pki.py).
+    secure: bool = False
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     pushgateway_port: int = 9091
     mlflow_port: int = 5000
     grafana_port: int = 3000
+    grafana: GrafanaConfig = Field(default_factory=GrafanaConfig)
     webhook_port: int = 9704
+    # The webhook receiver's web config (TLS, basic auth); `fleetmon webhook --web.config.file` wins.
+    webhook_web_config_file: Path | None = None
 
 
 class Config(_Model):
@@ -507,6 +546,13 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
     cfg.stack.state_dir = fix(cfg.stack.state_dir)
     cfg.stack.data_dir = fix(cfg.stack.data_dir)
     cfg.stack.log_dir = fix(cfg.stack.log_dir)
+    if cfg.stack.grafana.admin_password_file is not None:
+        cfg.stack.grafana.admin_password_file = fix(cfg.stack.grafana.admin_password_file)
+    for listen in (cfg.mlflow.listen, cfg.outputs.listen, cfg.platform.listen):
+        if listen.web_config_file is not None:
+            listen.web_config_file = fix(listen.web_config_file)
+    if cfg.stack.webhook_web_config_file is not None:
+        cfg.stack.webhook_web_config_file = fix(cfg.stack.webhook_web_config_file)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -12,7 +12,8 @@
   poll (``render_families``). ``/metrics`` is the registry's output followed by those bytes, so a scrape of
   100,000+ cached series is a copy, not a re-encoding. Families never repeat across the parts, so the
   concatenation is a valid text exposition; gzip members concatenate into a valid gzip stream (RFC 1952).
-- ``serve()`` runs the HTTP server: ``/metrics``, a landing page at ``/`` and ``/-/healthy``.
+- ``serve()`` runs the HTTP server: ``/metrics``, a landing page at ``/`` and ``/-/healthy``; given a
+  ``fleetmon.webconfig.WebServing`` (``--web.config.file``) it serves TLS and/or basic auth on every path.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, ge
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetmon.config import Config
+from fleetmon.webconfig import WebServing, WebThreadingWSGIServer
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +285,19 @@ class Exporter:
 
         return app
 
-    def serve(self, host: str, port: int) -> tuple[Any, threading.Thread]:
-        """Start the HTTP server in a daemon thread; returns (server, thread). Port 0 picks a free port."""
-        httpd = make_server(host, port, self.wsgi_app(), ThreadingWSGIServer, handler_class=_SilentHandler)
+    def serve(self, host: str, port: int, web: WebServing | None = None) -> tuple[Any, threading.Thread]:
+        """Start the HTTP server in a daemon thread; returns (server, thread). Port 0 picks a free port.
+
+        With ``web`` (one per server), TLS and basic auth apply to every path and its metrics join /metrics.
+        """
+        if web is None:
+            app = self.wsgi_app()
+            httpd = make_server(host, port, app, ThreadingWSGIServer, handler_class=_SilentHandler)
+        else:
+            app = web.wsgi(self.wsgi_app())
+            httpd = make_server(host, port, app, WebThreadingWSGIServer, handler_class=_SilentHandler)
+            httpd.web = web  # before serving: the TLS handshake happens in finish_request
+            self.registry.register(web)
         thread = threading.Thread(target=httpd.serve_forever, name=f"{self.name}-http", daemon=True)
         thread.start()
         return httpd, thread
@@ -337,15 +349,18 @@ def build_collectors(
     return out
 
 
-def run_forever(exporter: Exporter, host: str, port: int, intervals: dict[str, float]) -> None:
+def run_forever(
+    exporter: Exporter, host: str, port: int, intervals: dict[str, float], web: WebServing | None = None
+) -> None:
     """Serve and poll until SIGTERM/SIGINT; used by every exporter's main()."""
     import signal
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    httpd, _ = exporter.serve(host, port)
-    log.info("fleetmon %s exporter listening on http://%s:%d/metrics", exporter.name, host, port)
+    httpd, _ = exporter.serve(host, port, web)
+    scheme = web.scheme if web is not None else "http"
+    log.info("fleetmon %s exporter listening on %s://%s:%d/metrics", exporter.name, scheme, host, port)
     exporter.start_polling(intervals)
     stop.wait()
     httpd.shutdown()

@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 import time
@@ -85,6 +86,8 @@ class Component:
     # Why it cannot run here (a binary or module missing); such a component is skipped with this note.
     missing: str | None = None
     optional: bool = False
+    # One more line for the user under the component's URL (where Grafana's admin password is).
+    note: str | None = None
 
 
 @dataclass
@@ -355,15 +358,13 @@ def grafana_component(cfg: Config, paths: Paths) -> Component:
         "GF_PATHS_PROVISIONING": str(GRAFANA_PROVISIONING),
         "GF_SERVER_HTTP_ADDR": st.bind_host,
         "GF_SERVER_HTTP_PORT": str(st.grafana_port),
-        "GF_AUTH_ANONYMOUS_ENABLED": "true",
-        "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
-        "GF_ANALYTICS_REPORTING_ENABLED": "false",
-        "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+        **(grafana_security_env(cfg, gdata) if found else {}),
         # Read by grafana/provisioning/*.yml (Grafana expands $VARS in provisioning files).
         "FLEETMON_PROMETHEUS_URL": f"http://{probe}:{st.prometheus_port}",
         "FLEETMON_ALERTMANAGER_URL": f"http://{probe}:{st.alertmanager_port}",
         "FLEETMON_DASHBOARDS_DIR": str(GRAFANA_DASHBOARDS),
     }
+    pw_file = env.get("GF_SECURITY_ADMIN_PASSWORD__FILE")
     argv: list[str] = ["grafana-server"]
     if found:
         cmd, home = found
@@ -378,7 +379,50 @@ def grafana_component(cfg: Config, paths: Paths) -> Component:
         env=env,
         missing=None if found else "no grafana-server or grafana binary on PATH",
         optional=True,
+        note=f"user admin, password in {pw_file}" if pw_file else None,
     )
+
+
+# What every Grafana of the stack is told, native and docker-compose alike (tests/test_compose.py compares).
+GRAFANA_HARDENING = {
+    "GF_AUTH_ANONYMOUS_ORG_ROLE": "Viewer",
+    "GF_AUTH_ANONYMOUS_HIDE_VERSION": "true",
+    "GF_USERS_ALLOW_SIGN_UP": "false",
+    "GF_SECURITY_DISABLE_GRAVATAR": "true",
+    "GF_SNAPSHOTS_EXTERNAL_ENABLED": "false",
+    "GF_ANALYTICS_REPORTING_ENABLED": "false",
+    "GF_ANALYTICS_CHECK_FOR_UPDATES": "false",
+    "GF_ANALYTICS_CHECK_FOR_PLUGIN_UPDATES": "false",
+}
+
+
+def secret_file(path: Path, nbytes: int = 24) -> Path:
+    """``path``, created on first use with a random token, readable by its owner only (0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(nbytes))
+    return path
+
+
+def grafana_security_env(cfg: Config, gdata: Path) -> dict[str, str]:
+    """Grafana's admin password and secret key from files (never admin / admin), anonymous access only as
+    a viewer and only when configured, no gravatar, reporting or external snapshots.
+
+    Grafana reads ``GF_<SECTION>_<KEY>__FILE`` as "the value is in this file", so no secret is ever on a
+    command line or in the environment of the process.
+    """
+    g = cfg.stack.grafana
+    env = {**GRAFANA_HARDENING, "GF_AUTH_ANONYMOUS_ENABLED": "true" if g.anonymous_viewer else "false"}
+    if "GF_SECURITY_ADMIN_PASSWORD" not in os.environ:
+        pw = g.admin_password_file or secret_file(gdata / "admin-password")
+        env["GF_SECURITY_ADMIN_PASSWORD__FILE"] = str(pw)
+    # Encrypts the data source secrets in Grafana's database: one per installation, kept with the data.
+    env["GF_SECURITY_SECRET_KEY__FILE"] = str(secret_file(gdata / "secret-key", 32))
+    return env
 
 
 # -------------------------------------------------------------------------------------- pid files
@@ -529,6 +573,8 @@ def up(components: Sequence[Component], paths: Paths, timeout: float = 180.0) ->
     for comp in components:
         if comp.url and running_pid(paths, comp.name) is not None:
             print(f"  {comp.name:<18} {comp.url}")
+            if comp.note:
+                print(f"  {'':<18} {comp.note}")
     print(f"  logs in {paths.log_dir}, pid files in {paths.run_dir}; `make status`, `make down`")
     return 0
 

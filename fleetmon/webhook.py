@@ -10,6 +10,10 @@ memory; on start-up the file is read back, so notifications survive a restart.
 - ``GET /``               the same as a readable HTML page, newest first
 - ``GET /metrics``        the receiver's own metrics; ``GET /-/healthy``, ``/-/ready``
 
+``--web.config.file`` (exporter-toolkit's format, see ``fleetmon.webconfig``) serves TLS and/or basic auth;
+basic auth then covers every path, ``/-/healthy`` and ``POST /alerts`` included (Alertmanager's
+``webhook_configs[].http_config`` sends the credentials).
+
 Bad input (not JSON, not an Alertmanager payload, too large) is answered 400, counted in
 ``fleetmon_webhook_rejected_total{reason}`` and kept, with the reason, in ``<data-dir>/quarantine.jsonl``
 (a truncated copy of the body). A damaged line in the notifications file (e.g. a crash mid-write) is
@@ -22,6 +26,7 @@ import argparse
 import html
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,6 +42,8 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from fleetmon.webconfig import WebServing, WebThreadingHTTPServer, guard_handler, resolve
 
 log = logging.getLogger(__name__)
 
@@ -215,11 +222,21 @@ class _MetricsCollector:
 class Receiver:
     """The HTTP server around a ``Store``; ``start()`` serves in a thread, ``close()`` stops it."""
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 9704) -> None:
+    def __init__(
+        self, data_dir: Path, host: str = "127.0.0.1", port: int = 9704, web: WebServing | None = None
+    ) -> None:
         self.store = Store(data_dir)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_MetricsCollector(self.store))
-        self.httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        self.web = web
+        self.httpd: ThreadingHTTPServer
+        if web is None:
+            self.httpd = ThreadingHTTPServer((host, port), _make_handler(self))
+        else:
+            # TLS handshakes in the connection threads; the auth gate and headers on every request.
+            self.httpd = WebThreadingHTTPServer((host, port), guard_handler(_make_handler(self)))
+            self.httpd.web = web
+            self.registry.register(web)
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -389,6 +406,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--web.listen-address", dest="listen", help="host:port (default 127.0.0.1:stack.webhook_port)"
     )
     p.add_argument("--data-dir", help="where notifications are kept (default <stack.data_dir>/webhook)")
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        default=os.environ.get("FLEETMON_WEB_CONFIG_FILE"),
+        help="web config file (TLS, basic auth) in exporter-toolkit's format "
+        "(default stack.webhook_web_config_file)",
+    )
     p.add_argument("--log.level", dest="log_level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -396,7 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         cfg = load_config(args.config_file)
-    except ConfigError as e:
+        web_file = resolve(args.web_config_file, cfg.stack.webhook_web_config_file)
+        web = WebServing(web_file) if web_file is not None else None
+    except ConfigError as e:  # WebConfigError too: it names the web config file and key
         print(f"fleetmon: refusing to start: {e}", file=sys.stderr)
         return 2
     host, port = "127.0.0.1", cfg.stack.webhook_port
@@ -407,9 +433,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Receiver(data_dir, host, port).start() as r:
+    with Receiver(data_dir, host, port, web).start() as r:
+        scheme = web.scheme if web is not None else "http"
         log.info(
-            "fleetmon webhook receiver on http://%s:%d/ (POST /alerts), data in %s", host, r.port, data_dir
+            "fleetmon webhook receiver on %s://%s:%d/ (POST /alerts), data in %s",
+            scheme,
+            host,
+            r.port,
+            data_dir,
         )
         stop.wait()
     return 0

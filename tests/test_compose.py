@@ -18,7 +18,7 @@ import yaml
 from exporters.cli import EXPORTERS
 from fleetmon.cli import COMMANDS
 from fleetmon.config import Config, load_config
-from fleetmon.stack import DEFAULT_PORTS
+from fleetmon.stack import DEFAULT_PORTS, GRAFANA_HARDENING
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
@@ -176,3 +176,17 @@ def test_dockerfile_installs_the_project() -> None:
         assert f"COPY {pkg} ./{pkg}" in text, f"the image misses package {pkg}"
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "var" in ignored and ".git" in ignored
+
+
+def test_grafana_is_hardened_as_in_the_native_stack(compose: dict[str, Any]) -> None:
+    env = compose["services"]["grafana"]["environment"]
+    assert {k: env[k] for k in GRAFANA_HARDENING} == GRAFANA_HARDENING
+    # No built-in password: compose refuses to start without one (`${VAR:?message}`), and none is written here.
+    for key, var in (
+        ("GF_SECURITY_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD"),
+        ("GF_SECURITY_SECRET_KEY", "GRAFANA_SECRET_KEY"),
+    ):
+        assert re.fullmatch(r"\$\{" + var + r":\?[^}]+\}", env[key]), env[key]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS_VIEWER:-false}"
+    text = (ROOT / "docker-compose.yml").read_text() + (ROOT / "README.md").read_text()
+    assert not re.search(r"admin\s*/\s*admin", text)

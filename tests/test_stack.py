@@ -22,7 +22,14 @@ import yaml
 
 from fleetmon.config import load_config
 from fleetmon.procs import free_port, port_open, spawn, stop_group
-from fleetmon.stack import ALERTMANAGER_YML, PROMETHEUS_YML, Paths, grafana_component, plan
+from fleetmon.stack import (
+    ALERTMANAGER_YML,
+    GRAFANA_HARDENING,
+    PROMETHEUS_YML,
+    Paths,
+    grafana_component,
+    plan,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,6 +251,8 @@ FAKE_GRAFANA = textwrap.dedent(
     assert os.path.isfile(os.path.join(prov, "datasources", "fleetmon.yml")), prov
     assert os.path.isdir(os.environ["FLEETMON_DASHBOARDS_DIR"])
     assert os.environ["FLEETMON_PROMETHEUS_URL"].startswith("http://127.0.0.1:")
+    with open(os.path.join(home[0], "env.json"), "w") as f:  # what it was told, for the test to check
+        import json; json.dump(dict(os.environ), f)
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             body = b'{{"database": "ok"}}'
@@ -257,7 +266,9 @@ FAKE_GRAFANA = textwrap.dedent(
 )
 
 
-def test_grafana_is_started_when_a_binary_is_on_path(tmp_path: Path, small_stack: Path) -> None:
+def test_grafana_is_started_when_a_binary_is_on_path(
+    tmp_path: Path, small_stack: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bindir, home = tmp_path / "bin", tmp_path / "grafana-home"
     (home / "conf").mkdir(parents=True)
     (home / "conf" / "defaults.ini").write_text("[server]\n")
@@ -274,6 +285,42 @@ def test_grafana_is_started_when_a_binary_is_on_path(tmp_path: Path, small_stack
     assert port_open(port) and f"grafana            http://127.0.0.1:{port}" in res.stdout
     assert stack(small_stack, "down", env=env).returncode == 0
     assert not port_open(port)
+
+    # Hardened: a generated admin password (never admin / admin) and secret key, in files only its owner
+    # reads; no anonymous access unless configured; no gravatar, reporting or external snapshots.
+    told = json.loads((home / "env.json").read_text())
+    pw, key = Path(told["GF_SECURITY_ADMIN_PASSWORD__FILE"]), Path(told["GF_SECURITY_SECRET_KEY__FILE"])
+    assert f"user admin, password in {pw}" in res.stdout
+    for f in (pw, key):
+        assert f.stat().st_mode & 0o777 == 0o600 and len(f.read_text()) >= 24
+    assert pw.read_text() not in res.stdout and pw.read_text() != "admin"
+    assert "GF_SECURITY_ADMIN_PASSWORD" not in told and "GF_SECURITY_SECRET_KEY" not in told
+    assert told["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert {k: told[k] for k in GRAFANA_HARDENING} == GRAFANA_HARDENING
+    assert told["GF_SECURITY_DISABLE_GRAVATAR"] == "true" and told["GF_SNAPSHOTS_EXTERNAL_ENABLED"] == "false"
+    # The same files on the next start (Grafana keeps the admin password of its first start).
+    first = pw.read_text()
+    assert stack(small_stack, "up", "--only", "grafana", env=env).returncode == 0
+    assert stack(small_stack, "down", env=env).returncode == 0
+    assert pw.read_text() == first
+
+    # Anonymous viewers when the config asks for them (the demo config does); a password file of one's own.
+    mine = tmp_path / "grafana-admin"
+    mine.write_text("correct horse")
+    cfg = load_config(small_stack)
+    cfg.stack.grafana.anonymous_viewer = True
+    cfg.stack.grafana.admin_password_file = mine
+    monkeypatch.setenv("PATH", env["PATH"])
+    monkeypatch.setenv("GRAFANA_HOME", str(home))
+    comp = grafana_component(cfg, Paths.of(cfg))
+    assert (
+        comp.env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and comp.env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    )
+    assert comp.env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == str(mine)
+    # A password in the environment wins and is passed on by inheritance, never written by us.
+    monkeypatch.setenv("GF_SECURITY_ADMIN_PASSWORD", "from-the-env")
+    comp = grafana_component(cfg, Paths.of(cfg))
+    assert "GF_SECURITY_ADMIN_PASSWORD__FILE" not in comp.env and comp.note is None
 
 
 def test_without_grafana_up_says_how_to_get_it(small_stack: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,16 +4,48 @@ Sources never stop the exporter: a file or query that fails is logged with its s
 ``source_errors`` and marks the source down for that cycle; the other sources and the served metrics go on.
 A file is read once, when it first appears (files are written whole: temporary name + rename); a file
 that cannot be read is remembered with its error and not retried.
+
+SQL sources (``outputs.sql[]``) are read incrementally on ``time_column``, with an overlap:
+
+- **The skipped-row race.** ``WHERE time_column > <largest value read>`` misses a row whose transaction
+  took its time value before, but committed after, a newer row was read (``DEFAULT now()`` is the
+  transaction's start; a batch job stamps ``made_at`` before it inserts). So every read asks for
+  ``time_column > since``, ``since`` = the largest value read minus ``overlap_seconds``, and the rows of
+  the overlap read before are recognised by a fingerprint (a hash of ``key_columns``, default of all the
+  row's columns) and skipped: as many rows of a fingerprint as were read before, so identical rows count
+  once each. The fingerprints kept are those of the last read's rows above the next ``since``, so the set
+  is pruned as the watermark passes. A row that commits within ``overlap_seconds`` of its time value is
+  counted exactly once; a later one is missed (``late_rows`` shows how close the rows come).
+- **Restarts.** Watermark, ``since`` and the fingerprints are saved in the state file after every poll.
+  The first successful read of a source after a start runs the whole query to rebuild the window: rows up
+  to the saved ``since``, and the saved fingerprints above it, go back into the window without being
+  counted; the rest are new and counted.
+- **Failures.** A read is all or nothing: nothing is counted and the mark does not move unless the query
+  returned and its result is usable. A failure is counted by reason (``sql_errors``): ``connect``,
+  ``connection_lost`` (the session ended during the query: server restart, ``pg_terminate_backend``),
+  ``timeout`` (``statement_timeout_seconds``), ``query`` (the database refused it), ``result`` (no time
+  column, mixed types, ...). Connections are checked before use (``pool_pre_ping``), so a server restarted
+  between polls costs nothing. Error messages are the driver's, with the URL's password replaced by ``***``.
+- **Timeouts.** PostgreSQL: ``SET LOCAL statement_timeout`` (the server cancels the query) and libpq's
+  ``connect_timeout``; SQLite: a progress handler interrupts the query. Sources are read one after the
+  other, so a slow query delays the others by at most its timeout and never stops them.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
+import hashlib
+import json
 import logging
+import math
 import os
+import re
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +55,7 @@ from fleetmon.config import Config, FileSource, SqlSource
 from fleetmon.outputs.quality import Quality, compute
 from fleetmon.outputs.quarantine import Quarantine
 from fleetmon.outputs.records import READERS, Batch, FleetIndex, Kind, table_batch, validate
-from fleetmon.outputs.state import ReadState
+from fleetmon.outputs.state import ReadState, SqlMark
 from fleetmon.outputs.store import OutputStore
 
 log = logging.getLogger(__name__)
@@ -32,8 +64,20 @@ log = logging.getLogger(__name__)
 RejectKey = tuple[str, str, str, str, str, str]
 
 
+# Why a read of a SQL source failed (label ``reason`` of fleetmon_outputs_sql_read_errors_total).
+SQL_ERROR_REASONS = ("connect", "connection_lost", "timeout", "query", "result")
+
+
 class _FilesFailed(Exception):
     """Some files of a source could not be read (each counted already)."""
+
+
+class _SqlFailed(Exception):
+    """A failed read of a SQL source: the reason it counts under and a message without the URL's password."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class OutputsPipeline:
@@ -59,7 +103,13 @@ class OutputsPipeline:
         self.source_errors: Counter[str] = Counter(dict.fromkeys(names, 0))
         self.files_read: Counter[str] = Counter(dict.fromkeys(names, 0))
         self.rows_read: Counter[str] = Counter(dict.fromkeys(names, 0))
+        self.sql_errors: Counter[tuple[str, str]] = Counter(
+            {(s.name or "", r): 0 for s in self.cfg.sql for r in SQL_ERROR_REASONS}
+        )
+        self.late_rows: Counter[str] = Counter({s.name or "": 0 for s in self.cfg.sql})
         self._engines: dict[str, Any] = {}
+        # SQL sources read successfully since the start (until then a read is the whole query: a rebuild).
+        self._sql_synced: set[str] = set()
         self._rebuilt = False
         self.quality: Quality | None = None
 
@@ -72,10 +122,15 @@ class OutputsPipeline:
                 if isinstance(src, FileSource):
                     self._read_files(name, kind, src, now, first)
                 else:
-                    self._read_sql(name, kind, src, now, first)
+                    self._read_sql(name, kind, src, now)
                 self.source_up[name] = 1.0
             except _FilesFailed as e:  # each file already counted
                 self.source_up[name] = 0.0
+                log.error("outputs source %s: %s", name, e)
+            except _SqlFailed as e:
+                self.source_up[name] = 0.0
+                self.source_errors[name] += 1
+                self.sql_errors[(name, e.reason)] += 1
                 log.error("outputs source %s: %s", name, e)
             except Exception as e:
                 self.source_up[name] = 0.0
@@ -128,54 +183,102 @@ class OutputsPipeline:
             # Counted per file above; raising marks the source down for this cycle.
             raise _FilesFailed(f"{len(failed)} file(s) could not be read, first {failed[0]}")
 
-    def _engine(self, name: str, url: str) -> Any:
+    # ---------------------------------------------------------------------------------------- SQL
+    def _engine(self, name: str, src: SqlSource) -> Any:
         eng = self._engines.get(name)
         if eng is None:
             import sqlalchemy
 
-            eng = self._engines[name] = sqlalchemy.create_engine(url)
+            url = sqlalchemy.engine.make_url(src.url)
+            connect_args: dict[str, Any] = {}
+            if url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
+                # libpq's own options, unless the URL sets them: give up connecting in time (2 s at least,
+                # libpq's minimum) and name the session for pg_stat_activity.
+                if "connect_timeout" not in url.query:
+                    connect_args["connect_timeout"] = max(2, math.ceil(src.statement_timeout_seconds))
+                if "application_name" not in url.query:
+                    connect_args["application_name"] = f"fleetmon-outputs {name}"[:63]
+            # pool_pre_ping: a pooled connection that died between polls (server restart) is replaced
+            # before the query instead of failing it.
+            eng = sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+            self._engines[name] = eng
         return eng
 
-    def _read_sql(self, name: str, kind: Kind, src: SqlSource, now: float, first: bool) -> None:
+    def _query(self, name: str, src: SqlSource, since: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run the source's query (all of it when ``since`` is None): its columns and rows."""
         import sqlalchemy
 
-        wm = self.state.watermark(name)
-        col = src.time_column
-        with self._engine(name, src.url).connect() as conn:
-            if first or wm is None:
-                # First read (or after a restart): the whole query; rows up to the stored watermark were
-                # counted before the restart and only rebuild the window.
-                result = conn.execute(sqlalchemy.text(src.query))
-            else:
-                q = f"SELECT * FROM ({src.query}) AS fleetmon_src WHERE fleetmon_src.{col} > :since"
-                result = conn.execute(sqlalchemy.text(q), {"since": wm})
-            columns = list(result.keys())
-            rows = [tuple(r) for r in result]
-        df = pd.DataFrame.from_records(rows, columns=columns)
-        if col not in df.columns:
-            raise KeyError(f"query result has no time column {col!r} (columns: {', '.join(columns)})")
-        times = df[col].tolist()
-        old = [False] * len(times)
-        if wm is not None:
-            for i, t in enumerate(times):
+        secrets = _url_secrets(src.url)
+        try:
+            eng = self._engine(name, src)
+            conn = eng.connect()
+        except Exception as e:
+            raise _SqlFailed(
+                "connect", _redact(f"cannot connect to {safe_url(src.url)}: {_describe(e)}", secrets)
+            ) from None
+        timeout = src.statement_timeout_seconds
+        timed_out = False
+        sqlite: Any = None
+
+        def interrupt() -> bool:
+            nonlocal timed_out
+            timed_out = time.monotonic() > deadline
+            return timed_out
+
+        query = src.query.strip().rstrip(";")
+        try:
+            with conn:
+                deadline = time.monotonic() + timeout
                 try:
-                    old[i] = t is not None and t <= wm
-                except TypeError:
-                    old[i] = False
-        newest = [t for t in times if t is not None]
-        if newest:
-            try:
-                top = max(newest)
-                if wm is None or top > wm:
-                    self.state.set_watermark(name, top)
-            except TypeError as e:
-                raise TypeError(f"time column {col!r} mixes types: {e}") from e
-        old_mask = pd.Series(old, dtype=bool).to_numpy()
+                    if eng.dialect.name == "postgresql":
+                        # For this transaction only: the connection goes back to the pool without it.
+                        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(timeout * 1000))}")
+                    elif eng.dialect.name == "sqlite":
+                        sqlite = conn.connection.driver_connection
+                        sqlite.set_progress_handler(interrupt, 1000)
+                    if since is None:
+                        result = conn.execute(sqlalchemy.text(query))
+                    else:
+                        col = src.time_column
+                        q = f"SELECT * FROM ({query}) AS fleetmon_src WHERE fleetmon_src.{col} > :since"
+                        result = conn.execute(sqlalchemy.text(q), {"since": since})
+                    columns = [str(c) for c in result.keys()]
+                    rows = [tuple(r) for r in result]
+                finally:
+                    if sqlite is not None:  # before the connection goes back to the pool
+                        try:
+                            sqlite.set_progress_handler(None, 0)
+                        except Exception:  # a closed connection has no handler left to clear
+                            pass
+        except Exception as e:
+            reason = _failure_reason(e, timed_out)
+            what = {
+                "timeout": f"query cancelled after statement_timeout_seconds={timeout:g}",
+                "connection_lost": "connection lost during the query",
+                "query": "query failed",
+            }[reason]
+            raise _SqlFailed(reason, _redact(f"{what}: {_describe(e)}", secrets)) from None
+        return columns, rows
+
+    def _read_sql(self, name: str, kind: Kind, src: SqlSource, now: float) -> None:
+        mark = self.state.sql_mark(name)
+        full = mark is None or name not in self._sql_synced
+        columns, rows = self._query(name, src, None if full or mark is None else mark.since)
+        try:
+            count, rebuild, new_mark, late = _sort_rows(src, mark, full, columns, rows, self.state.path)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as e:
+            raise _SqlFailed("result", f"unusable query result: {e}") from None
         origin = f"sql:{name}"
-        if old_mask.any():
-            self._ingest(table_batch(df[old_mask], kind, name, origin, self.features), now, False)
-        if (~old_mask).any():
-            self._ingest(table_batch(df[~old_mask], kind, name, origin, self.features), now, True)
+        if rebuild:
+            df = pd.DataFrame.from_records([rows[i] for i in rebuild], columns=columns)
+            self._ingest(table_batch(df, kind, name, origin, self.features), now, False)
+        if count:
+            df = pd.DataFrame.from_records([rows[i] for i in count], columns=columns)
+            self._ingest(table_batch(df, kind, name, origin, self.features), now, True)
+        self.late_rows[name] += late
+        if new_mark is not None:
+            self.state.set_sql_mark(name, new_mark)
+        self._sql_synced.add(name)
 
     def _ingest(self, batch: Batch, now: float, count: bool) -> None:
         v = validate(batch, self.fleet, self.features, now, self.cfg.max_future_skew_seconds)
@@ -216,3 +319,175 @@ class OutputsPipeline:
         for eng in self._engines.values():
             eng.dispose()
         self._engines.clear()
+
+
+# ------------------------------------------------------------------------------------- SQL helpers
+def _sort_rows(
+    src: SqlSource,
+    mark: SqlMark | None,
+    full: bool,
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    state_path: Path,
+) -> tuple[list[int], list[int], SqlMark | None, int]:
+    """Which rows to count (new), which to put back into the window uncounted (read before a restart), the
+    next mark and how many of the new rows are late (not newer than the watermark they were read after).
+    Rows of an incremental read that were read before are in neither list."""
+    col = src.time_column
+    if col not in columns:
+        raise KeyError(f"no time column {col!r} (columns: {', '.join(columns)})")
+    missing = [c for c in src.key_columns if c not in columns]
+    if missing:
+        raise KeyError(f"no key column(s) {', '.join(missing)} (columns: {', '.join(columns)})")
+    ti = columns.index(col)
+    key = [columns.index(c) for c in src.key_columns] if src.key_columns else list(range(len(columns)))
+    times = [r[ti] for r in rows]
+    prints = [_fingerprint(columns, r, key) for r in rows]
+    seen = Counter(mark.seen or ()) if mark is not None else Counter()
+    count: list[int] = []
+    rebuild: list[int] = []
+    late = 0
+    for i, (t, fp) in enumerate(zip(times, prints, strict=True)):
+        if mark is not None:
+            try:
+                if full and t is None:
+                    # Never read by an incremental read (NULL > x is not true): read by the first read only.
+                    rebuild.append(i)
+                    continue
+                if full and t <= (mark.watermark if mark.seen is None else mark.since):
+                    rebuild.append(i)  # counted before the restart
+                    continue
+                if seen[fp] > 0:
+                    seen[fp] -= 1  # the overlap: read before
+                    if full:
+                        rebuild.append(i)
+                    continue
+                late += t <= mark.watermark
+            except TypeError as e:
+                raise TypeError(
+                    f"time column {col!r} value {t!r} cannot be compared with the watermark "
+                    f"{mark.watermark!r} saved in {state_path} (did the column's type change? remove the "
+                    f"source's entry under 'sql' to read it afresh): {e}"
+                ) from None
+        count.append(i)
+    present = [t for t in times if t is not None]
+    try:
+        top = max(present) if present else None
+        watermark = mark.watermark if mark is not None else None
+        if top is not None and (watermark is None or top > watermark):
+            watermark = top
+    except TypeError as e:
+        raise TypeError(f"time column {col!r} mixes types: {e}") from None
+    if watermark is None:
+        return count, rebuild, None, late
+    since = _since(watermark, src.overlap_seconds)
+    # The rows above the next lower bound, read now or before: what the next read must not count again.
+    keep = Counter(fp for t, fp in zip(times, prints, strict=True) if t is not None and t > since)
+    return count, rebuild, SqlMark(watermark, since, keep), late
+
+
+def _fingerprint(columns: list[str], row: tuple[Any, ...], key: list[int]) -> str:
+    """A stable hash of the row's key values (the same across restarts, drivers' time zones, processes)."""
+    text = json.dumps([[columns[i], row[i]] for i in key], default=_canonical, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _canonical(v: Any) -> Any:
+    if isinstance(v, dt.datetime) and v.tzinfo is not None:
+        return v.astimezone(dt.UTC).isoformat()  # the session's TimeZone must not change the hash
+    if isinstance(v, dt.date | dt.time):
+        return v.isoformat()
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).hex()
+    return f"{type(v).__name__}:{v}"  # Decimal, UUID, timedelta, ...
+
+
+def _since(watermark: Any, overlap: float) -> Any:
+    """The watermark minus the overlap, in the watermark's own type (seconds; whole days for dates)."""
+    if overlap == 0:
+        return watermark
+    if isinstance(watermark, dt.datetime):
+        return watermark - dt.timedelta(seconds=overlap)
+    if isinstance(watermark, dt.date):
+        return watermark - dt.timedelta(days=math.ceil(overlap / 86400))
+    if isinstance(watermark, Decimal):
+        return watermark - Decimal(str(overlap))
+    if isinstance(watermark, int | float) and not isinstance(watermark, bool):
+        return watermark - (int(overlap) if float(overlap).is_integer() else overlap)
+    if isinstance(watermark, str):
+        try:
+            t = dt.datetime.fromisoformat(watermark)
+        except ValueError:
+            raise ValueError(
+                f"time column value {watermark!r} is text but not an ISO 8601 time: with overlap_seconds > 0 "
+                "the time column must hold times or numbers"
+            ) from None
+        # Written like the watermark (the database compares text as text), in whole seconds and one second
+        # further back, so that it sorts below any fraction of a second in the window.
+        sep = watermark[10] if len(watermark) > 10 and watermark[10] in "T t" else "T"
+        out = (t - dt.timedelta(seconds=overlap + 1)).replace(microsecond=0).isoformat(sep=sep)
+        if watermark.endswith("Z") and out.endswith("+00:00"):
+            out = out[:-6] + "Z"
+        return out
+    raise ValueError(
+        f"time column values of type {type(watermark).__name__} cannot go back by overlap_seconds "
+        "(times, dates, numbers or ISO 8601 text can)"
+    )
+
+
+def _failure_reason(e: Exception, timed_out: bool) -> str:
+    """timeout, connection_lost or query, from SQLAlchemy's wrapper and the driver's SQLSTATE."""
+    from sqlalchemy import exc
+
+    orig = getattr(e, "orig", None)
+    state = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    if timed_out or state == "57014":  # query_canceled: statement_timeout
+        return "timeout"
+    # 08xxx connection exceptions; 57P01..03: admin/crash shutdown, cannot connect now
+    if (isinstance(e, exc.DBAPIError) and e.connection_invalidated) or state.startswith(("08", "57P")):
+        return "connection_lost"
+    return "query"
+
+
+def _describe(e: BaseException) -> str:
+    """The driver's message (SQLAlchemy's wrapper repeats the SQL and adds a link), on one line."""
+    orig = getattr(e, "orig", None)
+    inner = orig if isinstance(orig, BaseException) else e
+    text = " ".join(str(inner).split()) or "(no message)"
+    return f"{type(inner).__name__}: {text}"
+
+
+def safe_url(url: str) -> str:
+    """A SQLAlchemy URL without its password (also one given as a ``?password=`` connect argument)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        if "password" in u.query:
+            u = u.update_query_dict({"password": "***"})
+        return u.render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable url>"
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The URL's password as it may appear in a message: as given, percent-decoded, percent-encoded."""
+    found: set[str] = set()
+    m = re.search(r"://[^/?#@]*?:([^/?#@]*)@", url)
+    if m:
+        found.add(m.group(1))
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        found.update(str(p) for p in (u.password, u.query.get("password")) if isinstance(p, str))
+    except Exception:
+        pass
+    found |= {urllib.parse.unquote(p) for p in found} | {urllib.parse.quote(p, safe="") for p in found}
+    return sorted((p for p in found if p), key=len, reverse=True)
+
+
+def _redact(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text

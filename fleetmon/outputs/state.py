@@ -3,8 +3,12 @@
 ``files``: path -> {"mtime", "read_at", "rows", "error"}; a file listed here is never counted again. After a
 restart, listed files still within the retention are re-read *silently* (rows go back into the in-memory
 window, counters and the quarantine are not touched). Entries of files that no longer exist are dropped.
-``sql``: source name -> {"watermark": value, "type": "datetime" | "value"}: the largest ``time_column``
-value read so far. Written atomically (temporary file + rename).
+``sql``: source name -> {"type", "watermark", "since", "seen"} (a ``SqlMark``): the largest ``time_column``
+value read, the lower bound of the next read (watermark minus the overlap), and the fingerprints of the rows
+read with ``time_column > since`` with how many of each were read. ``type`` says how the two values are
+written in JSON (``datetime``/``date``: ISO 8601, ``decimal``: text, ``value``: as is). An entry without
+``seen`` (written before the overlap existed) means: every row up to the watermark was read.
+Written atomically (temporary file + rename).
 """
 
 from __future__ import annotations
@@ -13,10 +17,46 @@ import datetime as dt
 import json
 import logging
 import os
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class SqlMark:
+    """Where the reads of one SQL source stand."""
+
+    watermark: Any  # the largest time_column value read so far
+    since: Any  # the next read asks for time_column > since (the watermark minus the overlap)
+    # Fingerprint -> rows read with that fingerprint, of the rows with time_column > since. None: a state
+    # written before the overlap existed (every row up to the watermark was read, none is known by key).
+    seen: Counter[str] | None
+
+
+def _encode(v: Any) -> tuple[str, Any]:
+    if isinstance(v, dt.datetime):
+        return "datetime", v.isoformat()
+    if isinstance(v, dt.date):
+        return "date", v.isoformat()
+    if isinstance(v, Decimal):
+        return "decimal", str(v)
+    return "value", v
+
+
+def _decode(kind: str | None, v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    if kind == "datetime":
+        return dt.datetime.fromisoformat(v)
+    if kind == "date":
+        return dt.date.fromisoformat(v)
+    if kind == "decimal":
+        return Decimal(v)
+    return v
 
 
 class ReadState:
@@ -49,20 +89,33 @@ class ReadState:
         }
         self.dirty = True
 
-    def watermark(self, source: str) -> Any:
+    def sql_mark(self, source: str) -> SqlMark | None:
+        """The source's mark, or None when it was never read (or its entry cannot be used: logged)."""
         entry = self.sql.get(source)
-        if not entry:
+        if not entry or entry.get("watermark") is None:
             return None
-        v = entry.get("watermark")
-        if entry.get("type") == "datetime" and isinstance(v, str):
-            return dt.datetime.fromisoformat(v)
-        return v
+        kind = entry.get("type")
+        try:
+            watermark = _decode(kind, entry["watermark"])
+            since = _decode(kind, entry.get("since", entry["watermark"]))
+            seen = entry.get("seen")
+            return SqlMark(
+                watermark,
+                since,
+                None if seen is None else Counter({str(k): int(n) for k, n in dict(seen).items()}),
+            )
+        except (TypeError, ValueError, ArithmeticError) as e:
+            # As with an unreadable state file: read the source afresh (its rows are counted again).
+            log.error("ignoring unusable outputs state of SQL source %s in %s: %s", source, self.path, e)
+            return None
 
-    def set_watermark(self, source: str, value: Any) -> None:
-        if isinstance(value, dt.datetime):
-            self.sql[source] = {"watermark": value.isoformat(), "type": "datetime"}
-        else:
-            self.sql[source] = {"watermark": value, "type": "value"}
+    def set_sql_mark(self, source: str, mark: SqlMark) -> None:
+        kind, watermark = _encode(mark.watermark)
+        _, since = _encode(mark.since)
+        entry: dict[str, Any] = {"type": kind, "watermark": watermark, "since": since}
+        if mark.seen is not None:
+            entry["seen"] = dict(mark.seen)
+        self.sql[source] = entry
         self.dirty = True
 
     def forget_missing(self, existing: set[str]) -> None:
