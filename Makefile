@@ -41,8 +41,10 @@ system-deps:
 
 deps: install system-deps
 
+# Two workers (pytest-xdist): the end-to-end tests, which mostly wait on the demo's wall clock, on one;
+# everything else on the other (tests/conftest.py groups them).
 test: deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-unit: deps
 	$(PY) -m pytest -q -m "not e2e"

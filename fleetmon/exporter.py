@@ -224,6 +224,10 @@ class Exporter:
                 next_run_time=_now_dt(),
                 max_instances=1,
                 coalesce=True,
+                # APScheduler skips a run that starts more than misfire_grace_time (default 1 s) late. On a
+                # busy machine (a long drift run holding the GIL) every run of a poll could be skipped and
+                # the cached series go stale; a late poll is still worth running.
+                misfire_grace_time=None,
                 id=name,
             )
         self._scheduler.start()

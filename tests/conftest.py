@@ -25,6 +25,16 @@ from fleetmon.procs import free_port, start_mlflow_server, stop_group
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs on two pytest-xdist workers: the end-to-end tests first and together on one (they
+    share the session's `demo_stack` and mostly wait for the demo's incidents to page and resolve), every
+    other test meanwhile on the other. Without xdist this only puts the end-to-end tests first."""
+    e2e = [i for i in items if i.get_closest_marker("e2e")]
+    for item in e2e:
+        item.add_marker(pytest.mark.xdist_group("e2e"))
+    items[:] = e2e + [i for i in items if not i.get_closest_marker("e2e")]
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (sqlite backend, local artifacts) on a free port; yields its URL.
@@ -102,7 +112,11 @@ class DemoStack:
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query against the stack's Prometheus; the `result` list."""
-        return _get_json(self.prometheus_url, "/api/v1/query", query=promql)["data"]["result"]
+        return self.query_api("/api/v1/query", query=promql)["result"]
+
+    def query_api(self, path: str, **params: str) -> Any:
+        """GET a Prometheus API path; its `data`."""
+        return _get_json(self.prometheus_url, path, **params)["data"]
 
 
 def _get_json(base: str, path: str, **params: str) -> Any:
@@ -246,8 +260,47 @@ def demo_stack() -> Iterator[DemoStack]:
             pytest.fail(f"demo_stack: targets not all up within 90 s: {health}")
         yield ds
     finally:
+        started = {p.stem: int(p.read_text()) for p in (state / "run").glob("*.pid")}
         down = _run_stack(cfg_path, state, "down", timeout=120)
-        if down.returncode != 0:
-            print(f"demo_stack: `fleetmon stack down` failed:\n{down.stdout}\n{down.stderr}")
-        elif not os.environ.get("FLEETMON_KEEP_DEMO_STACK"):
+        left = _left_behind(tmp, started, [*_stack_ports(cfg)]) if down.returncode == 0 else []
+        if down.returncode == 0 and not left and not os.environ.get("FLEETMON_KEEP_DEMO_STACK"):
             shutil.rmtree(tmp, ignore_errors=True)
+    # `down` stops everything `up` started and frees every port (tests/test_stack_e2e.py tests `up`).
+    assert down.returncode == 0, f"demo_stack: `fleetmon stack down` failed:\n{down.stdout}\n{down.stderr}"
+    assert not left, f"demo_stack: left behind after `fleetmon stack down`: {left}"
+
+
+def _stack_ports(cfg: Config) -> Iterator[int]:
+    st = cfg.stack
+    yield from (
+        st.prometheus_port,
+        st.alertmanager_port,
+        st.pushgateway_port,
+        st.mlflow_port,
+        st.webhook_port,
+    )
+    yield from (cfg.mlflow.listen.port, cfg.outputs.listen.port, cfg.platform.listen.port)
+
+
+def _left_behind(tmp: Path, started: dict[str, int], ports: list[int]) -> list[str]:
+    """What still runs of a stack after `down`: its processes (by pid, or naming its directory), its ports."""
+    import psutil
+
+    from fleetmon.procs import port_open
+
+    def alive(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(alive(p) for p in started.values()):
+        time.sleep(0.2)
+    left = [f"{name} (pid {pid})" for name, pid in started.items() if alive(pid)]
+    left += [
+        f"pid {p.info['pid']}: {' '.join(p.info['cmdline'])[:120]}"
+        for p in psutil.process_iter(["pid", "cmdline", "status"])
+        if p.info["status"] != psutil.STATUS_ZOMBIE and str(tmp) in " ".join(p.info["cmdline"] or [])
+    ]
+    return left + [f"port {port} still open" for port in ports if port_open(port)]
