@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -31,15 +32,29 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_for_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until ``url`` answers 2xx; fail early if ``proc`` exits."""
+def wait_for_http(
+    url: str,
+    timeout: float = 60.0,
+    proc: subprocess.Popen[bytes] | None = None,
+    *,
+    context: ssl.SSLContext | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> None:
+    """Wait until ``url`` answers 2xx; fail early if ``proc`` exits.
+
+    ``context`` (e.g. trusting only the secure stack's CA) and ``headers`` (its ``Authorization``) are for
+    servers behind TLS and basic auth, whose health endpoints need credentials too.
+    """
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        req = urllib.request.Request(url)
+        for k, v in (headers or {}).items():
+            req.add_unredirected_header(k, v)
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(req, timeout=2, context=context) as r:
                 if 200 <= r.status < 300:
                     return
         except (urllib.error.URLError, OSError) as e:

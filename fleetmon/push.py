@@ -30,6 +30,16 @@ Pushed metrics (the Pushgateway adds ``push_time_seconds`` itself):
 
 A push that fails is reported (``PushError`` from ``push_job``, exit status 1 from the command); the context
 manager only logs it, because monitoring trouble must not fail a training job that worked.
+
+A Pushgateway behind TLS and basic auth (the secure stack, ``stack.secure``): give the CA to trust and a
+user with a password file, as flags or in the environment, e.g. for the secure stack::
+
+    export FLEETMON_PUSHGATEWAY=https://127.0.0.1:9091
+    export FLEETMON_PUSHGATEWAY_CA_FILE=var/data/tls/ca.crt          # --gateway.ca-file
+    export FLEETMON_PUSHGATEWAY_USERNAME=fleetmon                    # --gateway.username
+    export FLEETMON_PUSHGATEWAY_PASSWORD_FILE=var/data/secrets/fleetmon.password   # --gateway.password-file
+
+The password is read from its file and sent only to the gateway (never on to a redirect).
 """
 
 from __future__ import annotations
@@ -40,14 +50,18 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.error import URLError
+from urllib.request import Request
 
 from prometheus_client import CollectorRegistry, Gauge, pushadd_to_gateway
+from prometheus_client.exposition import default_handler
 
 from fleetmon.config import ID_PATTERN, ModelKey
+from fleetmon.pki import Client
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +76,46 @@ class PushError(Exception):
 
 def default_gateway() -> str:
     return os.environ.get("FLEETMON_PUSHGATEWAY", DEFAULT_GATEWAY)
+
+
+Handler = Callable[[str, str, float | None, list[tuple[str, str]], bytes], Callable[[], None]]
+
+
+def gateway_handler(
+    ca_file: str | Path | None = None,
+    username: str | None = None,
+    password_file: str | Path | None = None,
+) -> Handler:
+    """prometheus_client's push handler: TLS trusting ``ca_file`` and basic auth as ``username`` with the
+    password in ``password_file``; each unset one from FLEETMON_PUSHGATEWAY_CA_FILE, _USERNAME,
+    _PASSWORD_FILE. Nothing set: prometheus_client's own handler. Raises ``ValueError``, ``PushError``."""
+    ca_file = ca_file or os.environ.get("FLEETMON_PUSHGATEWAY_CA_FILE") or None
+    username = username or os.environ.get("FLEETMON_PUSHGATEWAY_USERNAME") or None
+    password_file = password_file or os.environ.get("FLEETMON_PUSHGATEWAY_PASSWORD_FILE") or None
+    if ca_file is None and username is None and password_file is None:
+        return default_handler
+    if (username is None) != (password_file is None):
+        raise ValueError("basic auth to the Pushgateway needs both a username and a password file")
+    try:
+        client = Client.from_files(
+            Path(ca_file) if ca_file else None, username, Path(password_file) if password_file else None
+        )
+    except OSError as e:  # ssl.SSLError (a bad CA file) is an OSError too
+        raise PushError(f"cannot use the Pushgateway's CA or password file: {e}") from e
+
+    def handler(
+        url: str, method: str, timeout: float | None, headers: list[tuple[str, str]], data: bytes
+    ) -> Callable[[], None]:
+        def handle() -> None:
+            req = Request(url, data=data, method=method)
+            for k, v in headers:
+                req.add_header(k, v)
+            with client.open(req, timeout=10.0 if timeout is None else timeout) as resp:
+                resp.read()  # 4xx and 5xx raise HTTPError (a URLError)
+
+        return handle
+
+    return handler
 
 
 def grouping_key(key: ModelKey | Mapping[str, str] | None) -> dict[str, str]:
@@ -90,8 +144,14 @@ def push_job(
     gateway: str | None = None,
     ended_at: float | None = None,
     timeout: float = 10.0,
+    ca_file: str | Path | None = None,
+    username: str | None = None,
+    password_file: str | Path | None = None,
 ) -> None:
-    """Push one batch job's outcome and duration. Raises ``ValueError`` on bad input, ``PushError``."""
+    """Push one batch job's outcome and duration. Raises ``ValueError`` on bad input, ``PushError``.
+
+    ``ca_file``, ``username``, ``password_file``: for a gateway behind TLS and basic auth (``gateway_handler``).
+    """
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
     if not re.match(ID_PATTERN, job):
@@ -99,6 +159,7 @@ def push_job(
     if not duration >= 0:  # also rejects NaN
         raise ValueError(f"duration must be a number >= 0, not {duration!r}")
     group = grouping_key(key)
+    handler = gateway_handler(ca_file, username, password_file)
     ended = time.time() if ended_at is None else ended_at
     reg = CollectorRegistry()
     Gauge("fleetmon_batch_job_duration_seconds", "Duration of the batch job's last run.", registry=reg).set(
@@ -126,7 +187,7 @@ def push_job(
     ).set(ended)
     gw = gateway or default_gateway()
     try:
-        pushadd_to_gateway(gw, job=job, registry=reg, grouping_key=group, timeout=timeout)
+        pushadd_to_gateway(gw, job=job, registry=reg, grouping_key=group, timeout=timeout, handler=handler)
     except (URLError, OSError) as e:
         where = ", ".join(f"{k}={v}" for k, v in group.items()) or "fleet-wide"
         raise PushError(f"cannot push job {job!r} ({where}) to the Pushgateway at {gw}: {e}") from e
@@ -151,6 +212,9 @@ def batch_job(
     *,
     gateway: str | None = None,
     timeout: float = 10.0,
+    ca_file: str | Path | None = None,
+    username: str | None = None,
+    password_file: str | Path | None = None,
 ) -> Iterator[BatchJob]:
     """Time the block and push its outcome (failure if it raised; the exception propagates unchanged)."""
     grouping_key(key)  # refuse a bad key before the work starts, not after it
@@ -165,7 +229,15 @@ def batch_job(
         state.duration = time.monotonic() - start
         try:
             push_job(
-                job, key, outcome=state.outcome, duration=state.duration, gateway=gateway, timeout=timeout
+                job,
+                key,
+                outcome=state.outcome,
+                duration=state.duration,
+                gateway=gateway,
+                timeout=timeout,
+                ca_file=ca_file,
+                username=username,
+                password_file=password_file,
             )
         except PushError as e:
             log.error("%s", e)
@@ -186,6 +258,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"Pushgateway URL (env FLEETMON_PUSHGATEWAY, default {DEFAULT_GATEWAY})",
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the Pushgateway")
+    p.add_argument(
+        "--gateway.ca-file",
+        dest="ca_file",
+        help="CA to trust for an https gateway (env FLEETMON_PUSHGATEWAY_CA_FILE; the secure stack's: "
+        "<stack.data_dir>/tls/ca.crt)",
+    )
+    p.add_argument(
+        "--gateway.username", dest="username", help="basic-auth user (env FLEETMON_PUSHGATEWAY_USERNAME)"
+    )
+    p.add_argument(
+        "--gateway.password-file",
+        dest="password_file",
+        help="file holding that user's password (env FLEETMON_PUSHGATEWAY_PASSWORD_FILE)",
+    )
     args = p.parse_args(argv)
     labels = {k: getattr(args, k) for k in FLEET_KEYS if getattr(args, k)}
     try:
@@ -196,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             duration=args.duration,
             gateway=args.gateway,
             timeout=args.timeout,
+            ca_file=args.ca_file,
+            username=args.username,
+            password_file=args.password_file,
         )
     except ValueError as e:
         print(f"fleetmon push: {e}", file=sys.stderr)

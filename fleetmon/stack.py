@@ -22,6 +22,15 @@ MLflow, so fake runs can never be written to a real tracking server.
 Ports come from the config (``stack:`` and each exporter's ``listen``). ``prometheus/prometheus.yml`` and
 ``alertmanager/alertmanager.yml`` are used as they are when the ports are the defaults they name;
 otherwise a copy with the configured ports is written under ``<stack.data_dir>``.
+
+``stack.secure: true`` runs the same stack with TLS and basic auth between every component: the CA,
+certificate, passwords and web config of ``fleetmon.pki`` (made on first use under ``<stack.data_dir>``)
+are given to every server (``--web.config.file``: Prometheus, Alertmanager, Pushgateway, the exporters, the
+webhook receiver; Grafana its own https settings), the rendered configs (always rendered then) scrape and
+notify over https with ``tls_config.ca_file`` and ``basic_auth.password_file``, the health probes use the
+CA and the ``fleetmon`` user, and the URLs shown are https. The demo MLflow stays plain HTTP and listens
+on 127.0.0.1 only. ``fleetmon stack secure-files`` writes those files, plus the Prometheus and Alertmanager
+configs ``docker-compose.secure.yml`` mounts, without starting anything.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from urllib.parse import urlsplit
 import psutil
 import yaml
 
+from fleetmon import pki
 from fleetmon.config import Config, ConfigError, default_config_path, load_config
 from fleetmon.procs import MLFLOW_ENV, mlflow_server_argv, port_open, spawn, stop_group, wait_for_http
 
@@ -88,6 +98,8 @@ class Component:
     optional: bool = False
     # One more line for the user under the component's URL (where Grafana's admin password is).
     note: str | None = None
+    # How the health probe talks to it in secure mode (the stack's CA, the `fleetmon` user's credentials).
+    probe: pki.Client | None = None
 
 
 @dataclass
@@ -121,8 +133,50 @@ def _probe_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
-def render_prometheus_config(cfg: Config, data_dir: Path, source: Path = PROMETHEUS_YML) -> Path:
-    """``source`` if its targets already name the configured ports, else a copy that does."""
+@dataclass(frozen=True)
+class SecureRefs:
+    """Where a rendered config finds the secure stack's CA and passwords, as its reader sees them: this
+    machine's data dir (``of``), or the mounts of docker-compose.secure.yml (``COMPOSE_REFS``)."""
+
+    ca_file: str
+    secrets_dir: str
+
+    @classmethod
+    def of(cls, files: pki.StackFiles) -> SecureRefs:
+        return cls(str(files.ca_cert), str(files.secrets_dir))
+
+    def client_config(self, user: str) -> dict[str, Any]:
+        """prometheus/common's HTTP client settings: trust the CA, authenticate as ``user``."""
+        return {
+            "tls_config": {"ca_file": self.ca_file},
+            "basic_auth": {"username": user, "password_file": f"{self.secrets_dir}/{user}.password"},
+        }
+
+
+# docker-compose.secure.yml mounts <data_dir>/tls and <data_dir>/secrets here in Prometheus' and
+# Alertmanager's containers.
+COMPOSE_REFS = SecureRefs("/etc/fleetmon/tls/ca.crt", "/etc/fleetmon/secrets")
+
+
+def _relative_to(base: str | Path, paths: list[str]) -> list[str]:
+    return [g if os.path.isabs(g) else os.path.join(str(base), g) for g in paths]
+
+
+def render_prometheus_config(
+    cfg: Config,
+    data_dir: Path,
+    source: Path = PROMETHEUS_YML,
+    secure: SecureRefs | None = None,
+    out: Path | None = None,
+    base: str | Path | None = None,
+) -> Path:
+    """``source`` if its targets already name the configured ports (and not ``secure``), else a copy that
+    does, written to ``out`` (default ``<data_dir>/prometheus/prometheus.yml``).
+
+    ``secure``: every scrape job and the Alertmanagers over https, trusting the stack's CA, with the
+    ``prometheus`` user's password from its file. ``base``: where the copy's reader finds the rule files
+    (default: beside ``source``).
+    """
     ports = {
         "prometheus": cfg.stack.prometheus_port,
         "alertmanager": cfg.stack.alertmanager_port,
@@ -132,44 +186,64 @@ def render_prometheus_config(cfg: Config, data_dir: Path, source: Path = PROMETH
         "fleetmon-platform": cfg.platform.listen.port,
         "fleetmon-webhook": cfg.stack.webhook_port,
     }
-    if ports == DEFAULT_PORTS:
+    if ports == DEFAULT_PORTS and secure is None:
         return source
     doc = yaml.safe_load(source.read_text())
     # Relative rule globs are relative to the config file: keep them pointing at prometheus/rules.
-    doc["rule_files"] = [
-        g if os.path.isabs(g) else str(source.parent / g) for g in doc.get("rule_files") or []
-    ]
+    doc["rule_files"] = _relative_to(base or source.parent, doc.get("rule_files") or [])
     for sc in doc.get("scrape_configs") or []:
         port = ports.get(sc["job_name"])
         if port is not None:
             sc["static_configs"] = [{"targets": [f"127.0.0.1:{port}"]}]
+        if secure is not None:
+            sc.update(scheme="https", **secure.client_config("prometheus"))
     for am in (doc.get("alerting") or {}).get("alertmanagers") or []:
         am["static_configs"] = [{"targets": [f"127.0.0.1:{cfg.stack.alertmanager_port}"]}]
-    out = data_dir / "prometheus" / "prometheus.yml"
+        if secure is not None:
+            am.update(scheme="https", **secure.client_config("prometheus"))
+    out = out or data_dir / "prometheus" / "prometheus.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
+    mode = ", TLS and basic auth to every target (stack.secure)" if secure else ""
     out.write_text(
-        f"# Written by `fleetmon stack` from {source} with the ports of {cfg.source}.\n"
+        f"# Written by `fleetmon stack` from {source} with the ports of {cfg.source}{mode}.\n"
         + yaml.safe_dump(doc, sort_keys=False)
     )
     return out
 
 
-def render_alertmanager_config(cfg: Config, data_dir: Path, source: Path = ALERTMANAGER_YML) -> Path:
-    """``source`` unless the webhook port differs from 9704: then a copy with the configured port."""
+def render_alertmanager_config(
+    cfg: Config,
+    data_dir: Path,
+    source: Path = ALERTMANAGER_YML,
+    secure: SecureRefs | None = None,
+    out: Path | None = None,
+    base: str | Path | None = None,
+) -> Path:
+    """``source`` unless the webhook port differs from 9704 or ``secure``: then a copy with the configured
+    port (``secure``: over https, trusting the stack's CA, as the ``alertmanager`` user), written to ``out``
+    (default ``<data_dir>/alertmanager/alertmanager.yml``); ``base``: where its reader finds the templates."""
     port = cfg.stack.webhook_port
-    if port == DEFAULT_PORTS["fleetmon-webhook"]:
+    if port == DEFAULT_PORTS["fleetmon-webhook"] and secure is None:
         return source
     doc = yaml.safe_load(source.read_text())
-    default = re.compile(r"^(https?://(?:127\.0\.0\.1|localhost)):9704(/.*)?$")
+    # Only the stack's own webhook receiver moves; any other receiver URL is left as it is.
+    default = re.compile(r"^(https?)://(127\.0\.0\.1|localhost):9704(/.*)?$")
     for rcv in doc.get("receivers") or []:
         for wh in rcv.get("webhook_configs") or []:
-            if isinstance(wh.get("url"), str):
-                wh["url"] = default.sub(lambda m: f"{m.group(1)}:{port}{m.group(2) or ''}", wh["url"])
-    doc["templates"] = [t if os.path.isabs(t) else str(source.parent / t) for t in doc.get("templates") or []]
-    out = data_dir / "alertmanager" / "alertmanager.yml"
+            url = wh.get("url")
+            m = default.match(url) if isinstance(url, str) else None
+            if m is None:
+                continue
+            scheme = "https" if secure is not None else m.group(1)
+            wh["url"] = f"{scheme}://{m.group(2)}:{port}{m.group(3) or ''}"
+            if secure is not None:
+                wh["http_config"] = secure.client_config("alertmanager")
+    doc["templates"] = _relative_to(base or source.parent, doc.get("templates") or [])
+    out = out or data_dir / "alertmanager" / "alertmanager.yml"
     out.parent.mkdir(parents=True, exist_ok=True)
+    mode = ", TLS and basic auth to the webhook receiver (stack.secure)" if secure else ""
     out.write_text(
-        f"# Written by `fleetmon stack` from {source} with the ports of {cfg.source}.\n"
+        f"# Written by `fleetmon stack` from {source} with the ports of {cfg.source}{mode}.\n"
         + yaml.safe_dump(doc, sort_keys=False)
     )
     return out
@@ -194,7 +268,9 @@ def find_grafana() -> tuple[list[str], Path] | None:
 def _demo_mlflow_mismatch(cfg: Config) -> str | None:
     """The simulator writes fake runs to ``mlflow.tracking_uri``: only ever to the stack's own MLflow."""
     u = urlsplit(cfg.mlflow.tracking_uri)
-    local = {"127.0.0.1", "localhost", "::1", _probe_host(cfg.stack.bind_host)}
+    local = {"127.0.0.1", "localhost", "::1"}
+    if not cfg.stack.secure:  # the secure stack's MLflow listens on 127.0.0.1 only
+        local.add(_probe_host(cfg.stack.bind_host))
     if u.hostname in local and u.port == cfg.stack.mlflow_port:
         return None
     return (
@@ -219,6 +295,15 @@ def _binary(name: str) -> tuple[str, str | None]:
     return name, f"{name} not found on PATH (run `make deps`, or see scripts/install-system-deps.sh)"
 
 
+def secure_files(cfg: Config, data_dir: Path) -> pki.StackFiles:
+    """The secure stack's CA, certificate, passwords and web config, made or renewed (``fleetmon.pki``);
+    the certificate names 127.0.0.1, localhost and every specific address the stack listens on."""
+    hosts = pki.server_hosts(
+        cfg.stack.bind_host, cfg.mlflow.listen.host, cfg.outputs.listen.host, cfg.platform.listen.host
+    )
+    return pki.ensure(data_dir, hosts)
+
+
 def plan(cfg: Config, paths: Paths) -> list[Component]:
     """Every component of the stack for this config, in start order."""
     st, host = cfg.stack, cfg.stack.bind_host
@@ -226,16 +311,24 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
     conf = str(cfg.source or default_config_path())
     data = paths.data_dir
     out: list[Component] = []
+    sec = secure_files(cfg, data) if st.secure else None
+    refs = SecureRefs.of(sec) if sec else None
+    scheme = "https" if sec else "http"
+    client = pki.client(data) if sec else None
+    web = [f"--web.config.file={sec.web_config}"] if sec else []
 
     if st.demo:
+        # The demo's backend, not on the monitoring path: plain HTTP, so in secure mode never exposed.
+        mlflow_host = "127.0.0.1" if sec else host
+        mprobe = _probe_host(mlflow_host)
         out.append(
             Component(
                 "mlflow",
-                mlflow_server_argv(host, st.mlflow_port, data / "mlflow"),
+                mlflow_server_argv(mlflow_host, st.mlflow_port, data / "mlflow"),
                 tier=1,
                 port=st.mlflow_port,
-                health_url=f"http://{probe}:{st.mlflow_port}/health",
-                url=f"http://{probe}:{st.mlflow_port}",
+                health_url=f"http://{mprobe}:{st.mlflow_port}/health",
+                url=f"http://{mprobe}:{st.mlflow_port}",
                 env=dict(MLFLOW_ENV),
             )
         )
@@ -247,17 +340,19 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
             "alertmanager",
             [
                 am_exe,
-                f"--config.file={render_alertmanager_config(cfg, data)}",
+                f"--config.file={render_alertmanager_config(cfg, data, secure=refs)}",
                 f"--storage.path={data / 'alertmanager'}",
                 f"--web.listen-address={host}:{st.alertmanager_port}",
-                f"--web.external-url=http://{probe}:{st.alertmanager_port}",
+                f"--web.external-url={scheme}://{probe}:{st.alertmanager_port}",
                 "--cluster.listen-address=",  # a single instance: no gossip port
+                *web,
             ],
             tier=1,
             port=st.alertmanager_port,
-            health_url=f"http://{probe}:{st.alertmanager_port}/-/ready",
-            url=f"http://{probe}:{st.alertmanager_port}",
+            health_url=f"{scheme}://{probe}:{st.alertmanager_port}/-/ready",
+            url=f"{scheme}://{probe}:{st.alertmanager_port}",
             missing=am_missing,
+            probe=client,
         )
     )
     pg_exe, pg_missing = _binary("prometheus-pushgateway")
@@ -271,12 +366,14 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
                 pg_exe,
                 f"--web.listen-address={host}:{st.pushgateway_port}",
                 f"--persistence.file={data / 'pushgateway' / 'metrics.store'}",
+                *web,
             ],
             tier=1,
             port=st.pushgateway_port,
-            health_url=f"http://{probe}:{st.pushgateway_port}/-/ready",
-            url=f"http://{probe}:{st.pushgateway_port}",
+            health_url=f"{scheme}://{probe}:{st.pushgateway_port}/-/ready",
+            url=f"{scheme}://{probe}:{st.pushgateway_port}",
             missing=pg_missing,
+            probe=client,
         )
     )
     out.append(
@@ -290,11 +387,13 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
                 f"{host}:{st.webhook_port}",
                 "--data-dir",
                 str(data / "webhook"),
+                *web,
             ),
             tier=1,
             port=st.webhook_port,
-            health_url=f"http://{probe}:{st.webhook_port}/-/healthy",
-            url=f"http://{probe}:{st.webhook_port}",
+            health_url=f"{scheme}://{probe}:{st.webhook_port}/-/healthy",
+            url=f"{scheme}://{probe}:{st.webhook_port}",
+            probe=client,
         )
     )
     prom_exe, prom_missing = _binary("prometheus")
@@ -303,17 +402,19 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
             "prometheus",
             [
                 prom_exe,
-                f"--config.file={render_prometheus_config(cfg, data)}",
+                f"--config.file={render_prometheus_config(cfg, data, secure=refs)}",
                 f"--storage.tsdb.path={data / 'prometheus'}",
                 f"--web.listen-address={host}:{st.prometheus_port}",
-                f"--web.external-url=http://{probe}:{st.prometheus_port}",
+                f"--web.external-url={scheme}://{probe}:{st.prometheus_port}",
                 "--web.enable-lifecycle",  # POST /-/reload after editing rules
+                *web,
             ],
             tier=1,
             port=st.prometheus_port,
-            health_url=f"http://{probe}:{st.prometheus_port}/-/ready",
-            url=f"http://{probe}:{st.prometheus_port}",
+            health_url=f"{scheme}://{probe}:{st.prometheus_port}/-/ready",
+            url=f"{scheme}://{probe}:{st.prometheus_port}",
             missing=prom_missing,
+            probe=client,
         )
     )
     if st.demo:
@@ -334,21 +435,23 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
         out.append(
             Component(
                 f"exporter-{name}",
-                fleetmon_argv("exporter", name, "--config.file", conf),
+                fleetmon_argv("exporter", name, "--config.file", conf, *web),
                 tier=2,
                 port=listen.port,
-                health_url=f"http://{p}:{listen.port}/-/healthy",
-                url=f"http://{p}:{listen.port}/metrics",
+                health_url=f"{scheme}://{p}:{listen.port}/-/healthy",
+                url=f"{scheme}://{p}:{listen.port}/metrics",
                 missing=_module_missing(f"exporters.{name}"),
+                probe=client,
             )
         )
-    out.append(grafana_component(cfg, paths))
+    out.append(grafana_component(cfg, paths, sec))
     return out
 
 
-def grafana_component(cfg: Config, paths: Paths) -> Component:
+def grafana_component(cfg: Config, paths: Paths, secure: pki.StackFiles | None = None) -> Component:
     st = cfg.stack
     probe = _probe_host(st.bind_host)
+    scheme = "https" if secure else "http"
     found = find_grafana()
     gdata = paths.data_dir / "grafana"
     env = {
@@ -359,9 +462,10 @@ def grafana_component(cfg: Config, paths: Paths) -> Component:
         "GF_SERVER_HTTP_ADDR": st.bind_host,
         "GF_SERVER_HTTP_PORT": str(st.grafana_port),
         **(grafana_security_env(cfg, gdata) if found else {}),
+        **grafana_tls_env(secure),
         # Read by grafana/provisioning/*.yml (Grafana expands $VARS in provisioning files).
-        "FLEETMON_PROMETHEUS_URL": f"http://{probe}:{st.prometheus_port}",
-        "FLEETMON_ALERTMANAGER_URL": f"http://{probe}:{st.alertmanager_port}",
+        "FLEETMON_PROMETHEUS_URL": f"{scheme}://{probe}:{st.prometheus_port}",
+        "FLEETMON_ALERTMANAGER_URL": f"{scheme}://{probe}:{st.alertmanager_port}",
         "FLEETMON_DASHBOARDS_DIR": str(GRAFANA_DASHBOARDS),
     }
     pw_file = env.get("GF_SECURITY_ADMIN_PASSWORD__FILE")
@@ -374,13 +478,41 @@ def grafana_component(cfg: Config, paths: Paths) -> Component:
         argv,
         tier=2,
         port=st.grafana_port,
-        health_url=f"http://{probe}:{st.grafana_port}/api/health",
-        url=f"http://{probe}:{st.grafana_port}",
+        health_url=f"{scheme}://{probe}:{st.grafana_port}/api/health",
+        url=f"{scheme}://{probe}:{st.grafana_port}",
         env=env,
         missing=None if found else "no grafana-server or grafana binary on PATH",
         optional=True,
         note=f"user admin, password in {pw_file}" if pw_file else None,
+        # TLS only: /api/health needs no login, and Grafana's users are not the stack's.
+        probe=pki.client(secure.data_dir, user=None) if secure else None,
     )
+
+
+def grafana_tls_env(secure: pki.StackFiles | None) -> dict[str, str]:
+    """Grafana over https (secure cookies) and its datasources' TLS and basic auth.
+
+    grafana/provisioning/datasources/fleetmon.yml reads the FLEETMON_DATASOURCE_* variables in both modes
+    (plain: no basic auth, empty values). Grafana expands ``${VAR}`` first and then ``$__file{...}`` in the
+    result, so the password and the CA are read from their files and never put in the environment.
+    """
+    if secure is None:
+        return {
+            "FLEETMON_DATASOURCE_BASIC_AUTH": "false",  # a bool for Grafana: never empty
+            "FLEETMON_DATASOURCE_USER": "",
+            "FLEETMON_DATASOURCE_PASSWORD": "",
+            "FLEETMON_DATASOURCE_CA_CERT": "",
+        }
+    return {
+        "GF_SERVER_PROTOCOL": "https",
+        "GF_SERVER_CERT_FILE": str(secure.server_cert),
+        "GF_SERVER_CERT_KEY": str(secure.server_key),
+        "GF_SECURITY_COOKIE_SECURE": "true",
+        "FLEETMON_DATASOURCE_BASIC_AUTH": "true",
+        "FLEETMON_DATASOURCE_USER": "grafana",
+        "FLEETMON_DATASOURCE_PASSWORD": f"$__file{{{secure.password_file('grafana')}}}",
+        "FLEETMON_DATASOURCE_CA_CERT": f"$__file{{{secure.ca_cert}}}",
+    }
 
 
 # What every Grafana of the stack is told, native and docker-compose alike (tests/test_compose.py compares).
@@ -493,11 +625,18 @@ def _write_pid(paths: Paths, comp: Component, pid: int) -> None:
 
 
 # -------------------------------------------------------------------------------------------- health
+def _probe_args(comp: Component) -> dict[str, Any]:
+    """wait_for_http's TLS context and credentials for ``comp`` (none in plain mode)."""
+    if comp.probe is None:
+        return {}
+    return {"context": comp.probe.ssl_context, "headers": comp.probe.headers}
+
+
 def healthy(comp: Component, timeout: float = 2.0) -> bool:
     if comp.health_url is None:
         return True
     try:
-        wait_for_http(comp.health_url, timeout=timeout)
+        wait_for_http(comp.health_url, timeout=timeout, **_probe_args(comp))
         return True
     except (TimeoutError, RuntimeError):
         return False
@@ -512,8 +651,12 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- up
-def up(components: Sequence[Component], paths: Paths, timeout: float = 180.0) -> int:
-    """Start what is not running, tier by tier, waiting for health. Returns 0 when all required run."""
+def up(
+    components: Sequence[Component], paths: Paths, timeout: float = 180.0, notes: Sequence[str] = ()
+) -> int:
+    """Start what is not running, tier by tier, waiting for health. Returns 0 when all required run.
+
+    ``notes``: lines printed after the URLs (secure mode: where the CA and the passwords are)."""
     for d in (paths.run_dir, paths.log_dir, paths.data_dir):
         d.mkdir(parents=True, exist_ok=True)
     failed: list[str] = []
@@ -551,7 +694,7 @@ def up(components: Sequence[Component], paths: Paths, timeout: float = 180.0) ->
             proc, t0 = started.get(comp.name, (None, time.monotonic()))
             try:
                 if comp.health_url is not None:
-                    wait_for_http(comp.health_url, timeout=timeout, proc=proc)
+                    wait_for_http(comp.health_url, timeout=timeout, proc=proc, **_probe_args(comp))
                 elif proc is not None:
                     time.sleep(max(0.0, SETTLE_SECONDS - (time.monotonic() - t0)))
                     if proc.poll() is not None:
@@ -575,8 +718,25 @@ def up(components: Sequence[Component], paths: Paths, timeout: float = 180.0) ->
             print(f"  {comp.name:<18} {comp.url}")
             if comp.note:
                 print(f"  {'':<18} {comp.note}")
+    for line in notes:
+        print(f"  {line}")
     print(f"  logs in {paths.log_dir}, pid files in {paths.run_dir}; `make status`, `make down`")
     return 0
+
+
+def secure_notes(cfg: Config, files: pki.StackFiles) -> list[str]:
+    """How to reach a secure stack by hand: the CA, the users, a curl line."""
+    probe = _probe_host(cfg.stack.bind_host)
+    pw = files.password_file("fleetmon")
+    lines = [
+        f"TLS and basic auth (stack.secure): CA {files.ca_cert}",
+        f"users {', '.join(pki.USERS)}: passwords in {files.secrets_dir}/<user>.password",
+        f'curl --cacert {files.ca_cert} -u "fleetmon:$(cat {pw})" '
+        f"https://{probe}:{cfg.stack.prometheus_port}/api/v1/targets",
+    ]
+    if cfg.stack.demo:
+        lines.append("the demo MLflow is plain HTTP on 127.0.0.1 only (not on the monitoring path)")
+    return lines
 
 
 def _probe_host_of(comp: Component) -> str:
@@ -684,10 +844,37 @@ def logs(components: Sequence[Component], paths: Paths, lines: int) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ secure-files
+# Data directories of the containers docker-compose.secure.yml runs as you (created here, so Docker does
+# not create them owned by root).
+COMPOSE_DATA_DIRS = ("prometheus", "alertmanager", "pushgateway", "grafana")
+
+
+def write_secure_files(cfg: Config, paths: Paths) -> int:
+    """The secure stack's files without starting anything, plus what docker-compose.secure.yml mounts:
+    ``<data_dir>/compose/{prometheus,alertmanager}.yml`` with the containers' paths, and its data dirs."""
+    files = secure_files(cfg, paths.data_dir)
+    for change in files.changes:
+        print(f"secure-files: {change}")
+    out = paths.data_dir / "compose"
+    prom = render_prometheus_config(
+        cfg, paths.data_dir, secure=COMPOSE_REFS, out=out / "prometheus.yml", base="/etc/prometheus"
+    )
+    am = render_alertmanager_config(
+        cfg, paths.data_dir, secure=COMPOSE_REFS, out=out / "alertmanager.yml", base="/etc/alertmanager"
+    )
+    for d in COMPOSE_DATA_DIRS:
+        (out / d).mkdir(parents=True, exist_ok=True)
+    print(f"CA {files.ca_cert}, server certificate {files.server_cert}")
+    print(f"passwords of {', '.join(pki.USERS)} and web.yml in {files.secrets_dir}")
+    print(f"for docker-compose.secure.yml: {prom}, {am}, data dirs under {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fleetmon stack", description="the native fleetmon stack")
-    p.add_argument("action", choices=["up", "down", "status", "logs"])
+    p.add_argument("action", choices=["up", "down", "status", "logs", "secure-files"])
     p.add_argument("--config.file", dest="config_file", default=str(default_config_path()))
     p.add_argument(
         "--state-dir",
@@ -705,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fleetmon: refusing to start: {e}", file=sys.stderr)
         return 2
     paths = Paths.of(cfg, args.state_dir.resolve() if args.state_dir else None)
+    if args.action == "secure-files":
+        return write_secure_files(cfg, paths)
     components = plan(cfg, paths)
     if args.only:
         wanted = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -714,7 +903,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         components = [c for c in components if c.name in wanted]
     if args.action == "up":
-        return up(components, paths, args.timeout)
+        notes = secure_notes(cfg, pki.StackFiles(paths.data_dir)) if cfg.stack.secure else []
+        return up(components, paths, args.timeout, notes)
     if args.action == "down":
         return down(components, paths, everything=not args.only)
     if args.action == "status":

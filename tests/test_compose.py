@@ -7,6 +7,7 @@ every fleetmon command it runs exists.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,150 @@ def test_grafana_is_hardened_as_in_the_native_stack(compose: dict[str, Any]) -> 
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS_VIEWER:-false}"
     text = (ROOT / "docker-compose.yml").read_text() + (ROOT / "README.md").read_text()
     assert not re.search(r"admin\s*/\s*admin", text)
+
+
+# ------------------------------------------------------------------------------- docker-compose.secure.yml
+SERVING = ("prometheus", "alertmanager", "pushgateway", "webhook", *(f"exporter-{n}" for n in EXPORTERS))
+
+
+@pytest.fixture(scope="module")
+def secure_override() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "docker-compose.secure.yml").read_text())
+
+
+def merge_service(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Compose's merge of an override into a service: `environment` by key, `volumes` by container path,
+    everything else (command, user, ...) replaced."""
+    out = {**base, **override}
+    out["environment"] = {**(base.get("environment") or {}), **(override.get("environment") or {})}
+    volumes = {v.split(":")[1]: v for v in base.get("volumes", [])}
+    volumes.update({v.split(":")[1]: v for v in override.get("volumes", [])})
+    out["volumes"] = list(volumes.values())
+    return out
+
+
+def parse_env_file_vars(text: str) -> set[str]:
+    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$\{(\w+)\}", body))
+
+
+def test_grafana_provisioning_variables_are_all_set(
+    compose: dict[str, Any], secure_override: dict[str, Any]
+) -> None:
+    # An unset variable is empty for Grafana, and an empty `basicAuth` breaks its provisioning.
+    used = parse_env_file_vars(
+        (ROOT / "grafana" / "provisioning" / "datasources" / "fleetmon.yml").read_text()
+    )
+    plain = compose["services"]["grafana"]["environment"]
+    assert used <= set(plain) and plain["FLEETMON_DATASOURCE_BASIC_AUTH"] == "false"
+    secure = merge_service(compose["services"]["grafana"], secure_override["services"]["grafana"])[
+        "environment"
+    ]
+    assert (
+        secure["FLEETMON_DATASOURCE_BASIC_AUTH"] == "true" and secure["FLEETMON_DATASOURCE_USER"] == "grafana"
+    )
+
+
+def test_the_secure_override_runs_every_server_on_the_secure_files(
+    compose: dict[str, Any], secure_override: dict[str, Any], tmp_path: Path
+) -> None:
+    from fleetmon.stack import Paths, write_secure_files
+
+    assert set(secure_override["services"]) <= SERVICES
+    services = {
+        name: merge_service(compose["services"][name], svc)
+        for name, svc in secure_override["services"].items()
+    }
+    # The files, as `fleetmon stack secure-files` writes them for a checkout at tmp_path.
+    cfg = load_config(
+        ROOT / "config" / "fleetmon.yml",
+        environ={"FLEETMON__STACK__DATA_DIR": str(tmp_path / "var" / "data")},
+    )
+    assert write_secure_files(cfg, Paths.of(cfg)) == 0
+
+    def host(svc: dict[str, Any], path: str) -> Path:
+        """The file of this checkout (tmp_path for ./var) a container path of ``svc`` is mounted from."""
+        best = max(
+            (
+                v.split(":")[:2]
+                for v in svc["volumes"]
+                if (path + "/").startswith(v.split(":")[1].rstrip("/") + "/")
+            ),
+            key=lambda m: len(m[1]),
+        )
+        src, target = best
+        assert src.startswith("./"), f"{path} is not mounted from this checkout"
+        root = tmp_path if src.startswith("./var") else ROOT
+        return root / src[2:] / os.path.relpath(path, target) if path != target else root / src[2:]
+
+    for name, svc in services.items():
+        # Everything that reads the keys and passwords (0600) runs as you; what it mounts from var/ exists
+        # (secure-files made it), so Docker never creates it owned by root.
+        assert re.fullmatch(r"\$\{FLEETMON_UID:\?[^}]+\}:\$\{FLEETMON_GID:\?[^}]+\}", svc["user"]), name
+        for v in secure_override["services"][name]["volumes"]:
+            src = v.split(":")[0]
+            assert src.startswith("./var"), (name, v)
+            assert (tmp_path / src[2:]).exists(), (name, v)
+        assert not [v for v in svc["volumes"] if not v.startswith((".", "/"))], (
+            f"{name}: a volume not of yours"
+        )
+
+    for name in SERVING:
+        svc = services[name]
+        web = flag(svc["command"], "--web.config.file")
+        assert host(svc, web) == tmp_path / "var" / "data" / "secrets" / "web.yml", name
+        tls = yaml.safe_load(host(svc, web).read_text())["tls_server_config"]
+        for key in ("cert_file", "key_file"):
+            assert host(svc, os.path.normpath(os.path.join(os.path.dirname(web), tls[key]))).is_file(), (
+                name,
+                key,
+            )
+
+        # The same ports and flags as without the override (https), plus the web config; Prometheus and
+        # Alertmanager run the secure configs (below).
+        def same(argv: list[str], web: str = web) -> list[str]:
+            return [a for a in argv if "web.config.file" not in a and a != web and "config.file=" not in a]
+
+        base = compose["services"][name]["command"]
+        assert same(svc["command"]) == [a.replace("http://", "https://") for a in same(base)], name
+    assert (
+        services["prometheus"]["volumes"]
+        and "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    )
+
+    # Prometheus and Alertmanager run the secure configs; every file those name is mounted.
+    prom_yml = host(services["prometheus"], flag(services["prometheus"]["command"], "--config.file"))
+    assert prom_yml == tmp_path / "var" / "data" / "compose" / "prometheus.yml"
+    prom = yaml.safe_load(prom_yml.read_text())
+    for sc in [*prom["scrape_configs"], *prom["alerting"]["alertmanagers"]]:
+        assert sc["scheme"] == "https" and sc["basic_auth"]["username"] == "prometheus"
+        assert host(services["prometheus"], sc["tls_config"]["ca_file"]).is_file()
+        assert host(services["prometheus"], sc["basic_auth"]["password_file"]).is_file()
+    for glob in prom["rule_files"]:
+        assert list(host(services["prometheus"], os.path.dirname(glob)).glob(os.path.basename(glob))), glob
+    am_yml = host(services["alertmanager"], flag(services["alertmanager"]["command"], "--config.file"))
+    am = yaml.safe_load(am_yml.read_text())
+    hooks = [w for r in am["receivers"] for w in r.get("webhook_configs", [])]
+    assert {w["url"] for w in hooks} == {f"https://127.0.0.1:{DEFAULT_PORTS['fleetmon-webhook']}/alerts"}
+    for w in hooks:
+        assert w["http_config"]["basic_auth"]["username"] == "alertmanager"
+        assert host(services["alertmanager"], w["http_config"]["basic_auth"]["password_file"]).is_file()
+        assert host(services["alertmanager"], w["http_config"]["tls_config"]["ca_file"]).is_file()
+    for glob in am["templates"]:
+        assert list(host(services["alertmanager"], os.path.dirname(glob)).glob(os.path.basename(glob))), glob
+
+    # Grafana over https with secure cookies; its datasources with the CA and the grafana user's password,
+    # by reference ($__file{}), from mounted files.
+    g = services["grafana"]
+    env = g["environment"]
+    assert env["GF_SERVER_PROTOCOL"] == "https" and env["GF_SECURITY_COOKIE_SECURE"] == "true"
+    assert host(g, env["GF_SERVER_CERT_FILE"]).is_file() and host(g, env["GF_SERVER_CERT_KEY"]).is_file()
+    assert urlsplit(env["FLEETMON_PROMETHEUS_URL"]).scheme == "https"
+    assert urlsplit(env["FLEETMON_ALERTMANAGER_URL"]).scheme == "https"
+    for key, name in (
+        ("FLEETMON_DATASOURCE_PASSWORD", "grafana.password"),
+        ("FLEETMON_DATASOURCE_CA_CERT", "ca.crt"),
+    ):
+        # `$$` in the file: compose hands Grafana a literal `$__file{...}`.
+        m = re.fullmatch(r"\$\$__file\{(.+)\}", env[key])
+        assert m and host(g, m.group(1)).name == name and host(g, m.group(1)).is_file(), env[key]
