@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fleetmon import pki
 from fleetmon.config import Config, load_config
 from fleetmon.procs import free_port, start_mlflow_server, stop_group
 
@@ -26,13 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs on two pytest-xdist workers: the end-to-end tests first and together on one (they
-    share the session's `demo_stack` and mostly wait for the demo's incidents to page and resolve), every
-    other test meanwhile on the other. Without xdist this only puts the end-to-end tests first."""
-    e2e = [i for i in items if i.get_closest_marker("e2e")]
-    for item in e2e:
-        item.add_marker(pytest.mark.xdist_group("e2e"))
-    items[:] = e2e + [i for i in items if not i.get_closest_marker("e2e")]
+    """`make test` runs on two pytest-xdist workers: the tests on the session's `demo_stack` first and
+    together on one (they mostly wait for the demo's incidents to page and resolve), every other test
+    meanwhile on the other. Without xdist this only puts the `demo_stack` tests first."""
+    shared = [i for i in items if "demo_stack" in getattr(i, "fixturenames", ())]
+    for item in shared:
+        item.add_marker(pytest.mark.xdist_group("demo_stack"))
+    items[:] = shared + [i for i in items if i not in shared]
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +61,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 DEMO_STACK_TUNING: dict[str, Any] = {
     # merged into the config copy
     "config": {
+        # TLS and basic auth between every component (`make up` runs the plain mode: tests/test_stack_e2e.py)
+        "stack": {"secure": True},
         "demo": {
             "time_scale": 480,
             "first_incident_after_seconds": 20,
@@ -224,15 +227,27 @@ def demo_stack() -> Iterator[DemoStack]:
             state_dir=state,
             demo_dir=cfg.demo.output_dir,
             started_at=started_at,
-            prometheus_url=f"http://127.0.0.1:{st.prometheus_port}",
-            alertmanager_url=f"http://127.0.0.1:{st.alertmanager_port}",
-            webhook_url=f"http://127.0.0.1:{st.webhook_port}",
-            pushgateway_url=f"http://127.0.0.1:{st.pushgateway_port}",
-            mlflow_url=f"http://127.0.0.1:{st.mlflow_port}",
+            prometheus_url=f"https://127.0.0.1:{st.prometheus_port}",
+            alertmanager_url=f"https://127.0.0.1:{st.alertmanager_port}",
+            webhook_url=f"https://127.0.0.1:{st.webhook_port}",
+            pushgateway_url=f"https://127.0.0.1:{st.pushgateway_port}",
+            mlflow_url=f"http://127.0.0.1:{st.mlflow_port}",  # the demo's MLflow stays plain, on 127.0.0.1
         )
+        # Secure mode: every plain urlopen() of the tests trusts the stack's CA and sends the `fleetmon`
+        # user's credentials, to the stack's four servers only; `fleetmon push` reads the same from the env.
+        data = state / "data"
+        client = pki.client(data)
+        urllib.request.install_opener(
+            client.opener(ds.prometheus_url, ds.alertmanager_url, ds.webhook_url, ds.pushgateway_url)
+        )
+        for var, value in (
+            ("FLEETMON_PUSHGATEWAY_CA_FILE", data / "tls" / "ca.crt"),
+            ("FLEETMON_PUSHGATEWAY_USERNAME", "fleetmon"),
+            ("FLEETMON_PUSHGATEWAY_PASSWORD_FILE", data / "secrets" / "fleetmon.password"),
+        ):
+            os.environ[var] = str(value)
         # Faster rule evaluation and notification grouping: edit the stack's rendered copies (ports are
         # moved, so the stack wrote them under data/) and reload.
-        data = state / "data"
 
         def prom(doc: dict[str, Any]) -> None:
             doc["global"].update(DEMO_STACK_TUNING["prometheus_global"])
