@@ -41,10 +41,18 @@ system-deps:
 
 deps: install system-deps
 
-# Two workers (pytest-xdist): the end-to-end tests, which mostly wait on the demo's wall clock, on one;
-# everything else on the other (tests/conftest.py groups them).
+# Two pytest processes side by side: the tests on the session's demo stack (marked `demo_stack` by
+# tests/conftest.py; they mostly wait for the demo's incidents to page and resolve) and every other test.
+# The first one's output (also in var/log/test-demo-stack.log) follows the second's.
 test: deps
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	@mkdir -p var/log
+	@$(PY) -m pytest -q -m demo_stack -p no:cacheprovider > var/log/test-demo-stack.log 2>&1 & stack=$$!; \
+	trap 'kill $$stack 2>/dev/null' INT TERM; \
+	echo "$(PY) -m pytest -q -m 'not demo_stack'   (and -m demo_stack beside it, pid $$stack)"; \
+	$(PY) -m pytest -q -m "not demo_stack"; rest=$$?; \
+	wait $$stack; on_stack=$$?; \
+	echo "--- the tests on the demo stack (var/log/test-demo-stack.log):"; cat var/log/test-demo-stack.log; \
+	exit $$(( rest || on_stack ))
 
 test-unit: deps
 	$(PY) -m pytest -q -m "not e2e"

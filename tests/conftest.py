@@ -26,14 +26,11 @@ from fleetmon.procs import free_port, start_mlflow_server, stop_group
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs on two pytest-xdist workers: the tests on the session's `demo_stack` first and
-    together on one (they mostly wait for the demo's incidents to page and resolve), every other test
-    meanwhile on the other. Without xdist this only puts the `demo_stack` tests first."""
-    shared = [i for i in items if "demo_stack" in getattr(i, "fixturenames", ())]
-    for item in shared:
-        item.add_marker(pytest.mark.xdist_group("demo_stack"))
-    items[:] = shared + [i for i in items if i not in shared]
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark the tests on the session's `demo_stack`: `make test` runs them (`-m demo_stack`, mostly waiting
+    for the demo's incidents to page and resolve) in a second pytest process beside every other test."""
+    if "demo_stack" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.demo_stack)
 
 
 @pytest.fixture(scope="session")
