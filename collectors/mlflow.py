@@ -192,7 +192,7 @@ class MlflowCollector:
             # Encoded once per poll, served as bytes on every scrape (72,000 series at 1,000 buildings).
             self._rendered = render_families(self._build_families())
             if self._up == 0.0 and self._last_success_ts is not None and not self._recovering_logged:
-                log.info("MLflow at %s answers again", self.m.tracking_uri)
+                log.info("MLflow at %s answers again", self.client.shown_url)
                 self._recovering_logged = True
             self._up = 1.0
             self._last_success_ts = time.time()
@@ -485,7 +485,7 @@ class MlflowCollector:
             with open(self.quarantine_file, "a", encoding="utf-8") as f:
                 now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 for q in new:
-                    f.write(json.dumps({"time": now, "source": self.m.tracking_uri, **q}) + "\n")
+                    f.write(json.dumps({"time": now, "source": self.client.shown_url, **q}) + "\n")
                     self._quarantined.add((q["kind"], q["id"], q["reason"]))
         except OSError as e:
             log.error("cannot write MLflow quarantine file %s: %s", self.quarantine_file, e)

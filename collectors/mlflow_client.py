@@ -22,6 +22,8 @@ from typing import Any
 
 import requests
 
+from fleetmon.config import redact_url
+
 log = logging.getLogger(__name__)
 
 API = "/api/2.0/mlflow"
@@ -53,6 +55,8 @@ class MlflowRest:
         password: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # What messages show: the URL without a password in its user info (http://user:***@host).
+        self.shown_url = redact_url(self.base_url) or "<the MLflow URL>"
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
@@ -104,6 +108,7 @@ class MlflowRest:
     ) -> dict[str, Any]:
         """One API call with retries; returns the decoded JSON object or raises ``MlflowError``."""
         url = f"{self.base_url}{API}/{endpoint}"
+        shown = f"{self.shown_url}{API}/{endpoint}"
         last = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -114,33 +119,33 @@ class MlflowRest:
                 content = resp.content  # read the body inside the timing and the error handling
             except requests.Timeout:
                 self._count(endpoint, "error", started)
-                last = f"no answer from {self.base_url} within {self.timeout:g}s"
+                last = f"no answer from {self.shown_url} within {self.timeout:g}s"
                 continue
             except requests.ConnectionError as e:
                 self._count(endpoint, "error", started)
-                last = f"cannot connect to {self.base_url} ({_root_cause(e)})"
+                last = f"cannot connect to {self.shown_url} ({_root_cause(e)})"
                 continue
             except requests.RequestException as e:
                 self._count(endpoint, "error", started)
-                last = f"request to {self.base_url} failed ({type(e).__name__})"
+                last = f"request to {self.shown_url} failed ({type(e).__name__})"
                 continue
             self._count(endpoint, str(resp.status_code), started)
             if resp.status_code in RETRY_STATUS:
-                last = f"HTTP {resp.status_code} from {url}"
+                last = f"HTTP {resp.status_code} from {shown}"
                 resp.close()
                 continue
             if resp.status_code != 200:
                 # 4xx: retrying will not help; the message is MLflow's own.
                 raise MlflowError(
-                    f"failed to {what}: HTTP {resp.status_code} from {url}: {_mlflow_message(resp)}"
+                    f"failed to {what}: HTTP {resp.status_code} from {shown}: {_mlflow_message(resp)}"
                 )
             try:
                 data = json.loads(content)
             except ValueError:
-                last = f"malformed JSON from {url}"
+                last = f"malformed JSON from {shown}"
                 continue
             if not isinstance(data, dict):
-                last = f"malformed JSON from {url} (not an object)"
+                last = f"malformed JSON from {shown} (not an object)"
                 continue
             return data
         raise MlflowError(f"failed to {what}: {last} (after {self.max_retries + 1} attempts)")

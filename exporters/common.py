@@ -66,6 +66,10 @@ def exporter_main(
     )
     # APScheduler logs every job run at INFO; our own poll health is in the metrics and logged on change.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # azure-core logs every request and response (URL with the tenant or workspace, headers) at INFO, four
+    # records per Log Analytics query: kept for --log.level=debug.
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config_file)
         listen = listen_of(cfg)

@@ -7,7 +7,8 @@ number (got 'north')``.
 
 Environment overrides (for secrets and URLs):
   - ``FLEETMON__<SECTION>__<KEY>=value`` sets any key (``__`` separates levels, case-insensitive),
-    e.g. ``FLEETMON__MLFLOW__TRACKING_URI=http://mlflow:5000``. The value is parsed as a YAML scalar.
+    e.g. ``FLEETMON__MLFLOW__TRACKING_URI=http://mlflow:5000``. The value is parsed as a YAML scalar,
+    except for secrets (``token``, ``password``), taken verbatim.
   - MLflow's own variables are honoured: ``MLFLOW_TRACKING_URI``, ``MLFLOW_TRACKING_TOKEN``,
     ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -34,9 +36,69 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message names file, key and expectation."""
 
 
+# ------------------------------------------------------------------------------------------- secrets
+# Keys whose values are secrets: an error message or a repr() shows that they are set, never their value.
+SECRET_KEYS = frozenset({"token", "password", "basic_auth_users"})
+# Keys holding URLs, which may carry a password (user:password@host, ?password=): shown redacted.
+URL_KEYS = frozenset({"url", "tracking_uri", "endpoint"})
+# Query parameters of a URL that hold secrets.
+_SECRET_PARAMS = frozenset(
+    {"password", "passwd", "pwd", "token", "access_token", "secret", "client_secret", "api_key", "apikey"}
+)
+
+
+def redact_url(url: str) -> str | None:
+    """``url`` with the password of its user info and secret query parameters (``?password=``) as ``***``.
+
+    None when it is not ``scheme://...``: then no part of it can be shown safely.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return None
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        at = authority.rindex("@")  # the host follows the last '@' (a password may hold an unquoted '@')
+    else:
+        # SQLAlchemy's reading: user, then a password up to the first '@' (it may hold '/', '?', '#')
+        m = re.match(r"[^:/@]*:[^@]*@", rest)
+        at = m.end() - 1 if m else -1
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        if colon:
+            rest = f"{user}:***{rest[at:]}"
+    base, q, query = rest.partition("?")
+    if q:
+        query, hash_, fragment = query.partition("#")
+        params = []
+        for p in query.split("&"):
+            k, eq, _ = p.partition("=")
+            secret = eq and urllib.parse.unquote_plus(k).lower() in _SECRET_PARAMS
+            params.append(f"{k}=***" if secret else p)
+        rest = f"{base}?{'&'.join(params)}{hash_}{fragment}"
+    return f"{scheme}://{rest}"
+
+
+def yaml_error_text(e: yaml.YAMLError) -> str:
+    """What PyYAML found and where, without the snippet of the file it quotes (that line may hold a secret)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return where + (e.problem or e.context or "syntax error")
+    return type(e).__name__
+
+
 class _Model(BaseModel):
     # Unknown keys are errors: a typo must not be silently ignored.
     model_config = ConfigDict(extra="forbid")
+
+    def __repr_args__(self) -> Any:
+        # repr() and str() (a debugger, a log line) show that a secret is set, never its value.
+        for key, value in super().__repr_args__():
+            if key in SECRET_KEYS and value is not None:
+                value = "***"
+            elif key in URL_KEYS and isinstance(value, str):
+                value = redact_url(value) or "***"
+            yield key, value
 
 
 # --------------------------------------------------------------------------------------------- fleet
@@ -238,6 +300,14 @@ class SqlSource(_Model):
     # connecting after as long (libpq connect_timeout, at least 2 s); SQLite interrupts the query. Other
     # databases: set the server's own timeout.
     statement_timeout_seconds: float = Field(default=30, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        # A typo is refused at start-up, naming the key; the message shows no part of the URL.
+        if redact_url(v) is None:
+            raise ValueError("not a SQLAlchemy URL (dialect+driver://user:password@host/database)")
+        return v
 
     @field_validator("key_columns")
     @classmethod
@@ -496,7 +566,15 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
                 nxt = {}
                 node[part] = nxt
             node = nxt
-        node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+        key = path[-1]
+        if key in SECRET_KEYS:
+            # Verbatim: as YAML, 123456 or yes would change type, '@x' fail and '#x' vanish.
+            node[key] = value
+            continue
+        try:
+            node[key] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{name}: not a valid YAML value: {yaml_error_text(e)}") from None
     mlflow = raw.setdefault("mlflow", {}) if isinstance(raw.get("mlflow", {}), dict) else raw["mlflow"]
     for env, key in (
         ("MLFLOW_TRACKING_URI", "tracking_uri"),
@@ -512,9 +590,15 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
 def _format_error(path: Path | str, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "(top level)"
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        if e["type"] == "extra_forbidden" or SECRET_KEYS & set(loc):
+            shown = ""  # a secret's value is never shown; an unknown key may be one misspelt (tracking_token)
+        elif loc and loc[-1] in URL_KEYS and isinstance(got, str):
+            redacted = redact_url(got)
+            shown = "" if redacted is None else f" (got {redacted!r})"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -529,7 +613,9 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         return p if p.is_absolute() else (base / p).resolve()
 
     def fix_glob(g: str) -> str:
-        return g if os.path.isabs(g) or "://" in g else str(base / g)
+        # URIs are not paths: s3://..., and MLflow's runs:/, models:/, mlflow-artifacts:/ (one slash)
+        uri = re.match(r"[A-Za-z][A-Za-z0-9+.\-]*:/", g) is not None
+        return g if os.path.isabs(g) or uri else str(base / g)
 
     cfg.outputs.quarantine_dir = fix(cfg.outputs.quarantine_dir)
     cfg.outputs.state_dir = fix(cfg.outputs.state_dir)
@@ -563,7 +649,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error_text(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -595,7 +681,8 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_error(path, e)) from e
+        # not chained: pydantic's own text repeats every input value, secrets included
+        raise ConfigError(_format_error(path, e)) from None
     cfg.source = path.resolve()
     _resolve_paths(cfg, base)
     return cfg

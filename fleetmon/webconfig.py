@@ -63,7 +63,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import ThreadingWSGIServer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fleetmon.config import ConfigError, _format_error
+from fleetmon.config import ConfigError, _format_error, yaml_error_text
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def load_web_config(path: str | Path) -> LoadedWebConfig:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise WebConfigError(f"{path}: not valid YAML: {e}") from e
+        raise WebConfigError(f"{path}: not valid YAML: {yaml_error_text(e)}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -311,7 +311,7 @@ def load_web_config(path: str | Path) -> LoadedWebConfig:
     try:
         wc = WebConfigFile.model_validate(raw)
     except ValidationError as e:
-        raise WebConfigError(_format_error(path, e)) from e
+        raise WebConfigError(_format_error(path, e)) from None  # pydantic's text repeats the inputs
 
     base = path.resolve().parent
     tls = wc.tls_server_config

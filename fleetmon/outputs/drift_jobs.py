@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fleetmon.config import DriftConfig
+from fleetmon.config import DriftConfig, redact_url
 from fleetmon.drift.types import ColumnOverride, DriftJob
 from fleetmon.outputs.records import FEATURE_PREFIX, READERS, FleetIndex
 from fleetmon.outputs.store import Snapshot
@@ -176,7 +176,10 @@ def build_jobs(
                 continue
             except Exception as e:  # an MLflow download error: same outcome, never a crash
                 out.skipped["reference_unavailable"] += 1
-                log.warning("no drift reference for %s: %s: %s", key.labels(), type(e).__name__, e)
+                msg, uri = str(e), references.tracking_uri
+                if uri:  # MLflow's errors name the tracking URI, user info and password included
+                    msg = msg.replace(uri, redact_url(uri) or "***")
+                log.warning("no drift reference for %s: %s: %s", key.labels(), type(e).__name__, msg)
                 continue
             keep = [k for k, c in enumerate(cols) if c in ref]
             if len(keep) < len(cols):
