@@ -91,7 +91,8 @@ ERROR_CODE_RE = re.compile(r"error_code=([A-Za-z0-9_.:\-]{1,64})")
 # (``psycopg2.errors.UniqueViolation:``) -- not a logger name such as ``com.example.FooService -`` or
 # ``o.s.b.SpringApplication :``. Found by the CamelCase word (a fast, prefixed search), its dotted prefix
 # added afterwards.
-EXC_WORD_RE = re.compile(r"[A-Z]\w*(?:Error|Exception|Exit|Interrupt|Timeout|Failure|Fault)\b")
+EXC_SUFFIXES = ("Error", "Exception", "Exit", "Interrupt", "Timeout", "Failure", "Fault")
+EXC_WORD_RE = re.compile(r"[A-Z]\w*(?:" + "|".join(EXC_SUFFIXES) + r")\b")
 DOTTED_CAP_RE = re.compile(r"\.[A-Z]\w*+(?=:|$)")
 _PREFIX_RE = re.compile(r"(?<![\w.])(?:[A-Za-z_]\w*\.)+$")
 _LOWER_PREFIX_RE = re.compile(r"(?<![\w.])(?:[a-z_]\w*\.)+$")
@@ -116,7 +117,7 @@ _UPSTREAMS_RE = re.compile(r"\s*,\s*|\s+:\s+")
 # ``upstream_response_time`` (nginx, "0.010, 0.002" for several upstreams: summed) only without the others.
 METHOD_KEYS = ("method", "request_method", "http_method", "http.request.method", "verb")
 PATH_KEYS = ("route", "path", "request_uri", "uri", "url", "request_path", "url.path", "target")
-STATUS_KEYS = (
+STATUS_KEYS = (  # each name contains "status": classify reads a logfmt line for a request only if it does
     "status",
     "status_code",
     "statusCode",
@@ -146,6 +147,9 @@ LEVEL_KEYS = ("level", "levelname", "severity", "log.level", "lvl", "loglevel", 
 ERROR_LEVELS = frozenset(  # "eror" and "crit": log15's four-letter levels
     {"error", "err", "eror", "fatal", "critical", "crit", "alert", "emerg", "emergency", "panic", "severe"}
 )
+# The error levels no other one contains ("err" for "error"): a text that contains none of them, in lower
+# case, names no error level.
+_ERROR_LEVEL_STEMS = tuple(sorted(w for w in ERROR_LEVELS if not any(o != w and o in w for o in ERROR_LEVELS)))
 MESSAGE_KEYS = ("message", "msg", "event", "full_message")
 TYPE_KEYS = (
     "error.type",
@@ -169,12 +173,20 @@ TRACE_KEYS = (
     "exception.stacktrace",
 )
 TIME_KEYS = ("time", "timestamp", "@timestamp", "ts", "time_iso8601", "time_local", "msec", "asctime")
+# The same names as sets: most records have none of a group's keys, which one isdisjoint() over the record's
+# keys tells faster than looking each name up in turn.
+_STATUS_KEYSET = frozenset(STATUS_KEYS)
+_DURATION_KEYSET = frozenset(k for k, _ in DURATION_KEYS)
+_ERROR_DETAIL_KEYSET = frozenset((*TYPE_KEYS, "error", "exception", "err", *TRACE_KEYS))
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HASH_RE = re.compile(r"(?=[a-f]*\d)(?=\d*[a-f])[0-9a-f]{7,}|(?=[A-F]*\d)(?=\d*[A-F])[0-9A-F]{7,}")
+_HEX_RE = re.compile(r"[0-9a-f]+|[0-9A-F]+")  # one case only: a hash is lower- or upper-case hex
 _NUM_RE = re.compile(r"\d+(?:[.,]\d+)?")
 _VERSION_RE = re.compile(r"[vV]\d+(?:\.\d+)*")
 _DIGIT_RE = re.compile(r"\d")
+# segment -> what it becomes: most segments (api, v1, buildings, c01-b003) recur across paths that differ
+# in one id, so only the new segment of a path not seen before costs a regex
+_segment_cache: dict[str, str] = {}
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _decode_json = msgspec.json.Decoder().decode
@@ -189,21 +201,39 @@ def normalize_route(path: str) -> str:
     if not path.startswith("/"):
         return OTHER  # "*", garbage
     segs = path.split("/")
+    cache = _segment_cache
     for i, s in enumerate(segs):
-        if not s or (not _DIGIT_RE.search(s) and len(s) <= 40):
-            continue  # plain words stay
-        if _UUID_RE.fullmatch(s):
-            segs[i] = "{uuid}"
-        elif _NUM_RE.fullmatch(s):
-            segs[i] = "{num}"
-        elif _VERSION_RE.fullmatch(s):
-            continue  # /v1/, /v2.1/
-        elif _HASH_RE.fullmatch(s):
-            segs[i] = "{hash}"
-        else:
-            segs[i] = "{id}"  # anything else with a digit (c01-b003, run-17, 2026-11-22) or very long
+        t = cache.get(s)
+        if t is None:
+            t = _segment(s)
+            if len(s) <= 64:  # ids, hashes; not a megabyte of garbage
+                if len(cache) >= 10_000:
+                    cache.clear()
+                cache[s] = t
+        segs[i] = t
     route = "/".join(segs)
     return route if len(route) <= MAX_ROUTE_LEN else route[:MAX_ROUTE_LEN] + "..."
+
+
+def _segment(s: str) -> str:
+    """What one path segment becomes in a route template: ``{uuid}``, ``{num}``, ``{hash}``, ``{id}`` or itself.
+
+    The four shapes cannot overlap, so each is tested only where it can match (a regex call costs more than
+    these guards): a uuid has 36 characters, a number with a separator has one, a version starts with v, a hash
+    (7 or more hex digits of one case, with a digit and a letter) is hex but not all digits."""
+    if not s or (len(s) <= 40 and not _DIGIT_RE.search(s)):
+        return s  # plain words stay
+    if s.isdecimal():  # what \d+ matches
+        return "{num}"
+    if len(s) == 36 and _UUID_RE.fullmatch(s):
+        return "{uuid}"
+    if ("." in s or "," in s) and _NUM_RE.fullmatch(s):
+        return "{num}"
+    if s[0] in "vV" and _VERSION_RE.fullmatch(s):
+        return s  # /v1/, /v2.1/
+    if len(s) >= 7 and not s.isalpha() and _HEX_RE.fullmatch(s):  # not all letters: it has a digit
+        return "{hash}"
+    return "{id}"  # anything else with a digit (c01-b003, run-17, 2026-11-22) or very long
 
 
 def clf_time(s: str) -> float | None:
@@ -239,6 +269,8 @@ def record_time(v: Any) -> float | None:
     if isinstance(v, str):
         if v[2:3] == "/":  # nginx $time_local
             return clf_time(v)
+        if ":" in v:  # ISO 8601 with a time of day: no number (and float() raising costs more than this)
+            return iso_time(v)
         try:
             v = float(v)  # nginx $msec, epochs written as text
         except ValueError:
@@ -261,10 +293,18 @@ def _dotted_start(text: str, i: int, lower: bool) -> int:
     return -1 if m is None else i - len(chunk) + m.start()
 
 
+def _has_exception_suffix(text: str) -> bool:
+    for suffix in EXC_SUFFIXES:
+        if suffix in text:
+            return True
+    return False
+
+
 def exception_name(text: str) -> str | None:
     """The leftmost exception class named in ``text`` (see ``EXC_WORD_RE``), or None."""
     start, end = -1, -1
-    for m in EXC_WORD_RE.finditer(text):
+    # EXC_WORD_RE backtracks at every capitalised word: substring tests first rule most messages out
+    for m in EXC_WORD_RE.finditer(text) if _has_exception_suffix(text) else ():
         i = m.start()
         if i and _word_char(text[i - 1]):
             continue  # inside a word ("fooKeyError")
@@ -381,6 +421,15 @@ def tail_duration(tail: str) -> float | None:
     return None
 
 
+def may_name_error_level(s: str) -> bool:
+    """False if no value in ``s`` can be an error level (``_is_error_level``): none of them is in it."""
+    low = s.lower()  # a level value is compared in lower case; lower() maps it to the same letters here
+    for stem in _ERROR_LEVEL_STEMS:
+        if stem in low:
+            return True
+    return False
+
+
 def parse_logfmt(s: str) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     for k, v in LOGFMT_PAIR_RE.findall(s):
@@ -435,6 +484,8 @@ def record_error_type(rec: dict[str, Any]) -> str:
     m = ERROR_CODE_RE.search(msg) if "error_code=" in msg else None
     if m:
         return m.group(1)
+    if _ERROR_DETAIL_KEYSET.isdisjoint(rec):  # the common case: only the message can tell
+        return exception_name(msg) or "unknown"
     t = _first(rec, TYPE_KEYS)
     if isinstance(t, str):
         return t[:MAX_ERROR_TYPE_LEN]
@@ -531,6 +582,10 @@ class LineClassifier:
             return "invalid_json"
         if not isinstance(rec, dict):
             return "invalid_record"
+        return self.bare_record(st, rec, s)
+
+    def bare_record(self, st: AppStats, rec: dict[str, Any], s: str) -> str | None:
+        """``bare_json`` of the line ``s`` already decoded to ``rec`` (the parser decodes it once)."""
         if not self._record(st, rec):
             if _level(rec) is None and _first(rec, MESSAGE_KEYS) is None:
                 return "invalid_record"  # neither a request nor a log record: nothing to read in it
@@ -582,8 +637,11 @@ class LineClassifier:
                         return
             eq = msg.find("=", 1, 40)
             if eq > 0 and " " not in msg[:eq]:  # logfmt: "time=... level=error msg=..."
-                if not self._record(st, parse_logfmt(msg)):
-                    self._training(st, msg)
+                # only a status (a request) or an error level makes a record count: a line that has neither
+                # word in it is not parsed (its regex costs more than the rest of the line)
+                if ("status" in msg or may_name_error_level(msg)) and self._record(st, parse_logfmt(msg)):
+                    return
+                self._training(st, msg)
                 return
         if "ERROR" in msg or "CRITICAL" in msg or "FATAL" in msg or "WARN" in msg:
             lm = level_word(msg)
@@ -654,7 +712,7 @@ class LineClassifier:
 
     def _record(self, st: AppStats, rec: dict[str, Any]) -> bool:
         """A JSON or logfmt record: a request (returns True), or a log record counted if it is an error."""
-        status = _status(_first(rec, STATUS_KEYS))
+        status = None if _STATUS_KEYSET.isdisjoint(rec) else _status(_first(rec, STATUS_KEYS))
         if status is not None:
             method, path = _first(rec, METHOD_KEYS), _first(rec, PATH_KEYS)
             is_request = isinstance(method, str) and isinstance(path, str)
@@ -668,11 +726,12 @@ class LineClassifier:
                         method, path = parts[0], parts[1]
             if is_request:  # a status alone is no request
                 duration = None
-                for key, factor in DURATION_KEYS:
-                    v = rec.get(key)
-                    if v is not None and v != "" and v != "-":
-                        duration = to_seconds(v, factor)
-                        break
+                if not _DURATION_KEYSET.isdisjoint(rec):
+                    for key, factor in DURATION_KEYS:
+                        v = rec.get(key)
+                        if v is not None and v != "" and v != "-":
+                            duration = to_seconds(v, factor)
+                            break
                 ts = record_time(_first(rec, TIME_KEYS)) if status[0] in "45" else None
                 self._count_request(st, method, path, status, None, ts, duration)
                 return True

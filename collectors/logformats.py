@@ -217,6 +217,10 @@ class _Rec(msgspec.Struct, gc=False):
     LimitBytes: float | str | None = None
 
 
+# The keys that make a JSON object one of our records, or reject it as one (a console table's row without its
+# Log): an object with none of them is the application's own line, whatever else it holds (``feed`` then reads
+# it as such without decoding it as a ``_Rec`` first).
+_RECORD_KEYS = frozenset({"log", "properties", "Type", "Type_s", "Reason", "Reason_s", "Log", "Log_s"})
 _BAD = object()  # _num's answer for a value that is present but not a number
 
 
@@ -292,6 +296,8 @@ class LineParser:
         self._classify = self.classifier.classify
         self._bare = self.classifier.bare
         self._bare_json = self.classifier.bare_json
+        self._bare_record = self.classifier.bare_record
+        self._decode_object = msgspec.json.Decoder().decode
         self._decode = msgspec.json.Decoder(_Rec, strict=False).decode
         self._decode_docker = msgspec.json.Decoder(_Docker).decode
         self._decode_export = msgspec.json.Decoder(_Export, strict=False).decode
@@ -306,8 +312,21 @@ class LineParser:
             try:
                 first = line[2]
                 export = first == 0x54 and line[6] == 0x47  # {"TimeGenerated": fleetmon's own exports
+                docker = first == 0x6C and line[3] == 0x6F  # {"lo: Docker json-file writes `log` first
             except IndexError:
-                first, export = 0, False
+                first, export, docker = 0, False, False
+            # Another first key in lower case ({"level", {"time", {"msg") is most likely an application's own
+            # JSON line (Azure's columns are PascalCase): decoded once, as a dict.
+            if not docker and 0x61 <= first <= 0x7A:
+                try:
+                    obj = self._decode_object(line)
+                except msgspec.DecodeError:
+                    obj = None  # decoded again below, which says what is wrong with it
+                if isinstance(obj, dict) and _RECORD_KEYS.isdisjoint(obj):
+                    try:
+                        return self._bare_record(st, obj, line.decode())
+                    except UnicodeDecodeError:
+                        return "binary"
             if first == 0x6C:  # '{"l': Docker json-file writes `log` first ({"level" fails, read below)
                 try:
                     d = self._decode_docker(line)

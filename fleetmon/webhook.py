@@ -304,7 +304,7 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             body = self.rfile.read(length)
             try:
                 payload = json.loads(body)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # nested too deep for the decoder: bad JSON too
                 store.reject("invalid_json", str(e), body)
                 self._json(400, {"error": "invalid_json", "detail": str(e)})
                 return

@@ -36,6 +36,8 @@ from typing import Any
 
 from fleetmon.config import Config, ModelKey
 from simulator.incidents import Incident, Schedule, error_factor
+from simulator.ledger import FILE_NAME as LEDGER_FILE
+from simulator.ledger import Ledger
 from simulator.logs import DEFAULT_MAX_BYTES, Platform
 from simulator.world import Effects, World, rfc3339
 
@@ -97,7 +99,10 @@ class Simulator:
             self.out / "ground_truth.jsonl",
             demo.incident_duration_seconds,
         )
-        self.platform = Platform(self.out / "logs", self.world.models, demo.seed, log_max_bytes)
+        self.ledger = Ledger(self.out / LEDGER_FILE)  # what was written, counted as it is written
+        self.platform = Platform(
+            self.out / "logs", self.world.models, demo.seed, log_max_bytes, ledger=self.ledger
+        )
         k_now = self.k_at(start)
         self.first_k = k_now - demo.backfill_hours + 1
         self.next_pred_k = self.first_k
@@ -163,12 +168,14 @@ class Simulator:
             recs = self.world.prediction_records(k, t_k, self.interval, self.effects(t_k))
             if write_jsonl_atomic(self.pred_dir / f"predictions-{stamp(t_k)}.jsonl", recs):
                 self.files_written += 1
+                self.ledger.output_file("predictions", len(recs))
             self.next_pred_k += 1
         while self.next_act_j <= k_now:
             j = self.next_act_j
             recs = self.world.actual_records(j, self.interval, self.first_k)
             if recs and write_jsonl_atomic(self.act_dir / f"actuals-{stamp(self.t_of(j))}.jsonl", recs):
                 self.files_written += 1
+                self.ledger.output_file("actuals", len(recs))
             self.next_act_j += 1
         if now > self.last_t:
             t0, t1 = self.last_t, now
@@ -177,6 +184,7 @@ class Simulator:
             self.platform.emit(t0, t1, overlapping)
             self.platform.flush()
             self.last_t = now
+        self.ledger.flush()
         if now >= self._next_prune:
             self._prune(now)
             self._next_prune = now + 300

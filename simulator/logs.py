@@ -32,6 +32,7 @@ from typing import Any
 
 from fleetmon.config import ModelKey
 from simulator.incidents import Incident
+from simulator.ledger import Ledger
 
 APPS = ("api", "gateway", "mlflow", "model-serving", "training-api", "training-processor")
 DEFAULT_MAX_BYTES = 4_000_000
@@ -73,10 +74,14 @@ def app_line(t: float, level: str, module: str, msg: str) -> str:
 class LogFile:
     """One log file, appended to; rotated to ``<name>.1`` when it passes ``max_bytes``."""
 
-    def __init__(self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, path: Path, max_bytes: int = DEFAULT_MAX_BYTES, ledger: Ledger | None = None, app: str = ""
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.rotations = 0
+        self.ledger = ledger  # counts what is written (simulator.ledger), under ``app``
+        self.app = app
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, records: Iterable[str]) -> None:
@@ -87,11 +92,14 @@ class LogFile:
             size = self.path.stat().st_size
         except FileNotFoundError:
             size = 0
-        if size and size + len(data) > self.max_bytes:
+        rotated = bool(size and size + len(data) > self.max_bytes)
+        if rotated:
             self.path.replace(self.path.with_name(self.path.name + ".1"))
             self.rotations += 1
         with self.path.open("a", encoding="utf-8") as f:
             f.write(data)
+        if self.ledger is not None:
+            self.ledger.log_write(self.app, data.count("\n"), len(data.encode("utf-8")), rotated)
 
 
 def docker_record(t: float, line: str, stream: str = "stdout") -> str:
@@ -221,6 +229,7 @@ class Platform:
         seed: int,
         max_bytes: int = DEFAULT_MAX_BYTES,
         gateway_rate: float = 4.0,
+        ledger: Ledger | None = None,
     ) -> None:
         self.dir = log_dir
         self.models = models
@@ -235,7 +244,7 @@ class Platform:
             "mlflow": "mlflow/mlflow.jsonl",
             "system": "system/containerapps.jsonl",
         }
-        self.files = {app: LogFile(log_dir / rel, max_bytes) for app, rel in names.items()}
+        self.files = {app: LogFile(log_dir / rel, max_bytes, ledger, app) for app, rel in names.items()}
         self._replica_suffix = {
             app: [f"{info.revision}-{self._hex(4)}-{self._alnum(5)}" for _ in range(info.replicas)]
             for app, info in APP_INFO.items()

@@ -111,7 +111,7 @@ def _flatten(rec: dict[str, Any], schema: _Schema) -> dict[str, Any]:
     if isinstance(feats, str):  # SQL / CSV may carry the features as JSON text
         try:
             feats = json.loads(feats)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's limit
             out["_bad_features"] = True
             feats = None
     if isinstance(feats, dict):
@@ -138,14 +138,15 @@ def read_jsonl(path: Path, kind: Kind, source: str, features: Sequence[str]) -> 
     rows: list[dict[str, Any]] = []
     locs: list[int] = []
     rejected: list[Rejection] = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    # newline="\n": lines end at LF only (a stray CR is no line break: line numbers stay the file's)
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as f:
         for n, line in enumerate(f, start=1):
             text = line.strip()
             if not text:
                 continue
             try:
                 rec = json.loads(text)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than Python's limit
                 rejected.append(Rejection("malformed", f"not JSON: {e}", source, str(path), n, text, kind))
                 continue
             if not isinstance(rec, dict):
@@ -182,7 +183,9 @@ def table_batch(df: pd.DataFrame, kind: Kind, source: str, origin: str, features
 
 def read_csv(path: Path, kind: Kind, source: str, features: Sequence[str]) -> Batch:
     # All as strings: validation decides what is a number, so "abc" is a wrong type, not a parse error.
-    df = pd.read_csv(path, dtype=str, keep_default_na=True)
+    # Only an empty cell is null (it stays "", which validation takes for null): pandas' NA words ("NA",
+    # "null", "None", "nan", ...) are text like any other, so a building "NA" is that building, as in JSON.
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
     return table_batch(df, kind, source, str(path), features)
 
 
@@ -255,6 +258,8 @@ _TS_CACHE: dict[str, float] = {}
 
 def _parse_ts(v: Any) -> float:
     """RFC 3339 / ISO 8601 time -> Unix seconds (naive = UTC); NaN if not a time."""
+    if v is pd.NaT:  # a null of a time column; NaT is a datetime (and no Timestamp) without a timestamp()
+        return math.nan
     if isinstance(v, str):
         hit = _TS_CACHE.get(v)
         if hit is not None:
@@ -271,7 +276,7 @@ def _parse_ts(v: Any) -> float:
         _TS_CACHE[v] = out
         return out
     if isinstance(v, pd.Timestamp):
-        return math.nan if v is pd.NaT else (v.tz_localize("UTC") if v.tz is None else v).timestamp()
+        return (v.tz_localize("UTC") if v.tz is None else v).timestamp()
     if isinstance(v, dt.datetime):
         return (v.replace(tzinfo=dt.UTC) if v.tzinfo is None else v).timestamp()
     if isinstance(v, np.datetime64):
@@ -288,7 +293,7 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
 def _isnull(s: pd.Series) -> np.ndarray:
     null = s.isna().to_numpy()
     if s.dtype == object:  # empty strings (CSV) are null too
-        null |= (s == "").to_numpy()
+        null |= s.isin([""]).to_numpy()  # not `s == ""`: a cell may hold an array (a Parquet list column)
     return null
 
 
