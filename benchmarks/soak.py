@@ -599,7 +599,7 @@ class Soak:
         pid = self.pid(name)
         if pid is None:
             raise SoakError(f"{name} is not running")
-        if exporter in sm.PERSISTENT:
+        if sm.PERSISTENT[exporter]:
             self.observe(exporter)  # its last values, as close to the kill as the soak can see them
         os.killpg(pid, signal.SIGKILL)
         fr.injected_at = time.time()

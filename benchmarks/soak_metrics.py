@@ -9,12 +9,9 @@ arithmetic that sums them across restarts (used by ``benchmarks/soak.py``; see d
 
 Summing across restarts:
 
-- The outputs exporter keeps its counters in memory: a restarted one starts at 0. Its total is the sum of
-  the last value of each incarnation (incarnations split at the restart times the soak recorded, not
-  guessed from decreases: a counter whose new incarnation passes its old value before the first scrape
-  would hide the reset from ``increase()``).
-- The platform exporter persists its log counters with its read positions: they must continue across a
-  restart. Its total is computed like ``increase()`` without extrapolation (a decrease counts as a reset:
+- Both exporters persist their counters with their read state (the outputs exporter in ``state.json``,
+  the platform exporter with its read positions): they must continue across a restart. The total is
+  computed like ``increase()`` without extrapolation (a decrease counts as a reset:
   everything after it is added again), and every decrease is reported, since it is exactly what breaks
   ``rate()`` and ``increase()`` for everyone.
 """
@@ -33,7 +30,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 # Exporters whose counters survive a restart (kept in their state file).
-PERSISTENT = {"platform": True, "outputs": False}
+PERSISTENT = {"platform": True, "outputs": True}
 JOBS = {"outputs": "fleetmon-outputs", "platform": "fleetmon-platform", "mlflow": "fleetmon-mlflow"}
 
 

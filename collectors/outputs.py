@@ -229,7 +229,7 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
     )
     c = CounterMetricFamily(
         "fleetmon_model_predictions",
-        "Prediction records accepted for the model (not re-counted after a restart).",
+        "Prediction records accepted for the model (kept across restarts in the state file).",
         labels=FLEET,
     )
     for k, v in enumerate(p.store.predictions_total):
@@ -330,7 +330,20 @@ def ingest_families(p: OutputsPipeline) -> list[Metric]:
             value=float(p.quarantine.write_errors),
         )
     )
+    out.append(state_family(p))
     return out
+
+
+def state_family(p: OutputsPipeline) -> Metric:
+    c = CounterMetricFamily(
+        "fleetmon_outputs_state_errors",
+        "Problems with the state file (outputs.state_dir/state.json) by reason: corrupt (damaged: moved aside, "
+        "the previous generation used), unreadable (started afresh), save (could not be written).",
+        labels=["reason"],
+    )
+    for reason, n in sorted(p.state.errors.items()):
+        c.add_metric([reason], float(n))
+    return c
 
 
 def building_families(cfg: Config) -> list[Metric]:
@@ -362,8 +375,10 @@ class OutputsCollector:
         self.cfg = cfg
         self.pipeline = pipeline or pipeline_for(cfg)
         self._static = building_families(cfg)
-        # Before the first poll: building metadata and the sources' health.
-        self._rendered = render_families(self._static + ingest_families(self.pipeline))
+        # Before the first poll: building metadata and the state file's health. No counters yet: those
+        # restored from the state file may be a generation behind (see fleetmon.outputs.state) until the
+        # first poll has read again what was read since.
+        self._rendered = render_families([*self._static, state_family(self.pipeline)])
 
     def poll(self) -> None:
         p = self.pipeline

@@ -579,10 +579,11 @@ def test_restart_rebuilds_the_window_without_recounting(tmp_path: Path) -> None:
             h2.model("fleetmon_model_last_prediction_timestamp_seconds", "b1", "heating", "forecast")
             == NOW - 60
         )
-        # ... but nothing is counted or quarantined again
-        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 0
-        assert h2.get("fleetmon_outputs_rows_rejected_total", reason="malformed", **NO_KEYS) is None
-        assert h2.get("fleetmon_outputs_files_read_total", source="pred-jsonl") == 0
+        # ... nothing is counted or quarantined again, and the counters go on where they were
+        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 5
+        assert h2.get("fleetmon_outputs_rows_rejected_total", reason="malformed", **NO_KEYS) == 1
+        assert h2.get("fleetmon_outputs_files_read_total", source="pred-jsonl") == 1
+        assert h2.get("fleetmon_building_actuals_total", customer="c1", building="b1", energy="heating") == 1
         assert len(quarantined(tmp_path)) == n_quarantined
         # a file that appears now is new
         write_jsonl(
@@ -590,9 +591,100 @@ def test_restart_rebuilds_the_window_without_recounting(tmp_path: Path) -> None:
             [pred("b1", "heating", "forecast", NOW + 2 * H, made=NOW, prediction=1.0)],
         )
         h2.poll()
-        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 1
+        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 6
     finally:
         h2.close()
+
+
+def test_a_killed_exporter_counts_each_file_once(tmp_path: Path) -> None:
+    """kill -9 after a poll: the counters come back from the state file saved by that poll."""
+    cfg = make_cfg(tmp_path)
+    write_jsonl(tmp_path / "pred" / "p1.jsonl", forecaster_records("b1", "heating"))
+    h = Harness(cfg)
+    h.poll()
+    # no close(): a killed process saves nothing more
+    h2 = Harness(cfg)
+    try:
+        # before its first poll the restarted exporter shows no counters (they may be a generation behind)
+        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") is None
+        assert h2.get("fleetmon_outputs_state_errors_total", reason="corrupt") == 0
+        write_jsonl(tmp_path / "pred" / "p2.jsonl", forecaster_records("b2", "heating"))
+        h2.poll()
+        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 5
+        assert h2.model("fleetmon_model_predictions_total", "b2", "heating", "forecast") == 5
+        assert h2.get("fleetmon_outputs_files_read_total", source="pred-jsonl") == 2
+    finally:
+        h2.close()
+        h.close()
+
+
+@pytest.mark.parametrize(
+    "damage", [b'\x00\xff{"files": {"half a state file', b"[]", b'{"files": {"x": 5}}', b""]
+)
+def test_a_corrupt_state_file_is_set_aside_counted_and_nothing_counted_twice(
+    tmp_path: Path, damage: bytes
+) -> None:
+    """The previous generation takes over: what was read after it is read again, and the counters end
+    exactly where they were (ground truth: the rows written)."""
+    cfg = make_cfg(tmp_path)
+    h = Harness(cfg)
+    series = [("b1", "heating"), ("b2", "heating"), ("b1", "electricity")]
+    for i, (b, e) in enumerate(series):  # three polls, one new file each: three generations of the state file
+        write_jsonl(tmp_path / "pred" / f"p{i}.jsonl", forecaster_records(b, e))
+        h.poll()
+    before = {s: h.model("fleetmon_model_predictions_total", *s, "forecast") for s in series}
+    assert list(before.values()) == [5, 5, 5]
+    h.close()
+    state = tmp_path / "state" / "state.json"
+    state.write_bytes(damage)
+
+    h2 = Harness(cfg)
+    try:
+        assert h2.get("fleetmon_outputs_state_errors_total", reason="corrupt") == 1
+        aside = list(state.parent.glob("state.json.corrupt-*"))
+        assert [p.read_bytes() for p in aside] == [damage]  # kept for inspection, as it was
+        h2.poll()
+        after = {s: h2.model("fleetmon_model_predictions_total", *s, "forecast") for s in series}
+        assert after == before
+        assert h2.get("fleetmon_outputs_files_read_total", source="pred-jsonl") == 3
+        assert json.loads(state.read_text())["files"]  # a good state file in place of the damaged one
+    finally:
+        h2.close()
+
+
+def test_with_both_generations_damaged_the_exporter_starts_afresh(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    write_jsonl(tmp_path / "pred" / "p1.jsonl", forecaster_records("b1", "heating"))
+    h = Harness(cfg)
+    h.poll()
+    write_jsonl(tmp_path / "pred" / "p2.jsonl", forecaster_records("b2", "heating"))
+    h.poll()
+    h.close()
+    (tmp_path / "state" / "state.json").write_bytes(b"garbage")
+    (tmp_path / "state" / "state.prev.json").write_bytes(b"garbage too")
+    h2 = Harness(cfg)
+    try:
+        h2.poll()
+        # every file read and counted again, from 0: the counter reset that rate() handles
+        assert h2.get("fleetmon_outputs_state_errors_total", reason="corrupt") == 1
+        assert h2.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 5
+        assert h2.get("fleetmon_outputs_files_read_total", source="pred-jsonl") == 2
+    finally:
+        h2.close()
+
+
+def test_a_state_file_that_cannot_be_saved_is_counted(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    h = Harness(cfg)
+    try:
+        write_jsonl(tmp_path / "pred" / "p1.jsonl", forecaster_records("b1", "heating"))
+        (tmp_path / "state").mkdir(exist_ok=True)
+        (tmp_path / "state" / "state.json.tmp").mkdir()  # the temporary file cannot be created
+        h.poll()
+        assert h.get("fleetmon_outputs_state_errors_total", reason="save") == 1
+        assert h.model("fleetmon_model_predictions_total", "b1", "heating", "forecast") == 5
+    finally:
+        h.close()
 
 
 def test_unreadable_file_marks_the_source_down_and_the_rest_keeps_flowing(
@@ -708,12 +800,12 @@ def test_sqlite_source_is_read_incrementally_and_survives_restart(tmp_path: Path
 
         h = Harness(cfg)  # restart: window rebuilt from the query, nothing counted again
         h.poll()
-        assert m("fleetmon_model_predictions_total") == 0
+        assert m("fleetmon_model_predictions_total") == 5  # where it was before the restart
         assert m("fleetmon_model_matured_predictions", window="7d") == 4
         assert m("fleetmon_model_mae_joules", window="24h") == pytest.approx(0.5 * J)
         sql_rows(conn, [pred("b1", "electricity", "forecast", NOW + 5 * H, made=NOW, prediction=1.0)])
         h.poll()
-        assert m("fleetmon_model_predictions_total") == 1
+        assert m("fleetmon_model_predictions_total") == 6
         assert (
             h.get(
                 "fleetmon_outputs_source_info",

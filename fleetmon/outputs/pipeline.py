@@ -112,6 +112,8 @@ class OutputsPipeline:
         self._sql_synced: set[str] = set()
         self._rebuilt = False
         self.quality: Quality | None = None
+        if not readonly:
+            self._restore_counters(self.state.counters)
 
     # ------------------------------------------------------------------------------------- ingest
     def ingest(self) -> None:
@@ -139,10 +141,76 @@ class OutputsPipeline:
         self._rebuilt = True
         if self.readonly:
             return
+        self.state.set_counters(self.counters())
         try:
             self.state.save()
         except OSError as e:
             log.error("cannot save outputs state to %s: %s", self.state.path, e)
+
+    # ---------------------------------------------------------------------------- counters
+    def counters(self) -> dict[str, Any]:
+        """Every counter this pipeline exports, as JSON for the state file (non-zero entries only)."""
+        fleet = self.fleet
+        return {
+            "predictions": [
+                [*fleet.model_labels[i], int(n)] for i, n in enumerate(self.store.predictions_total) if n
+            ],
+            "actuals": [[*fleet.be[i], int(n)] for i, n in enumerate(self.store.actuals_total) if n],
+            "rejected": [[*k, n] for k, n in sorted(self.rejected.items()) if n],
+            "sql_errors": [[*k, n] for k, n in sorted(self.sql_errors.items()) if n],
+            **{
+                name: {k: n for k, n in sorted(c.items()) if n}
+                for name, c in (
+                    ("source_errors", self.source_errors),
+                    ("files_read", self.files_read),
+                    ("rows_read", self.rows_read),
+                    ("late_rows", self.late_rows),
+                )
+            },
+            "quarantine_write_errors": self.quarantine.write_errors,
+        }
+
+    def _restore_counters(self, saved: dict[str, Any]) -> None:
+        """Continue the counters of the previous run (from the state file). Entries of models, buildings or
+        sources no longer configured are dropped: their series are no longer exported."""
+        if not saved:
+            return
+        dropped = 0
+        try:
+            for *key, n in saved.get("predictions", ()):
+                i = self.fleet.model_ids.get(tuple(key))  # type: ignore[arg-type]
+                if i is None:
+                    dropped += 1
+                else:
+                    self.store.predictions_total[i] = n
+            for *key, n in saved.get("actuals", ()):
+                i = self.fleet.be_ids.get(tuple(key))  # type: ignore[arg-type]
+                if i is None:
+                    dropped += 1
+                else:
+                    self.store.actuals_total[i] = n
+            for *key, n in saved.get("rejected", ()):
+                self.rejected[tuple(str(k) for k in key)] = int(n)  # type: ignore[index]
+            for *key, n in saved.get("sql_errors", ()):
+                if tuple(key) in self.sql_errors:
+                    self.sql_errors[tuple(key)] = int(n)  # type: ignore[index]
+            for name, c in (
+                ("source_errors", self.source_errors),
+                ("files_read", self.files_read),
+                ("rows_read", self.rows_read),
+                ("late_rows", self.late_rows),
+            ):
+                for k, n in dict(saved.get(name) or {}).items():
+                    if k in c:
+                        c[k] = int(n)
+            self.quarantine.write_errors = int(saved.get("quarantine_write_errors") or 0)
+        except (TypeError, ValueError) as e:
+            # Counters that cannot be read are a damaged state file too; marks and files stay usable.
+            self.state.errors["corrupt"] += 1
+            log.error("outputs state %s: unusable counters (%s); they start at 0", self.state.path, e)
+            return
+        if dropped:
+            log.info("outputs state: %d saved counters of models no longer in the fleet dropped", dropped)
 
     def _read_files(self, name: str, kind: Kind, src: FileSource, now: float, first: bool) -> None:
         found = glob.glob(src.glob, recursive=True)
@@ -201,6 +269,8 @@ class OutputsPipeline:
             # pool_pre_ping: a pooled connection that died between polls (server restart) is replaced
             # before the query instead of failing it.
             eng = sqlalchemy.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+            if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg":
+                sqlalchemy.event.listen(eng, "connect", _register_lenient_time_loaders)
             self._engines[name] = eng
         return eng
 
@@ -322,6 +392,32 @@ class OutputsPipeline:
 
 
 # ------------------------------------------------------------------------------------- SQL helpers
+def _register_lenient_time_loaders(dbapi_conn: Any, _record: Any) -> None:
+    """Load PostgreSQL times Python cannot hold ('infinity', '-infinity', years past 9999) as their text.
+
+    psycopg raises DataError for them, which would fail every read of the source because of one row; as
+    text, the row is rejected by validation with a reason like any other bad time."""
+    import psycopg
+    from psycopg.types import datetime as pgdt
+
+    def lenient(base: type) -> type:
+        class Lenient(base):  # type: ignore[misc, valid-type]
+            def load(self, data: Any) -> Any:
+                try:
+                    return super().load(data)
+                except psycopg.DataError:
+                    return bytes(data).decode("utf-8", "replace")
+
+        return Lenient
+
+    for pg_type, loader in (
+        ("timestamptz", pgdt.TimestamptzLoader),
+        ("timestamp", pgdt.TimestampLoader),
+        ("date", pgdt.DateLoader),
+    ):
+        dbapi_conn.adapters.register_loader(pg_type, lenient(loader))
+
+
 def _sort_rows(
     src: SqlSource,
     mark: SqlMark | None,

@@ -8,7 +8,16 @@ value read, the lower bound of the next read (watermark minus the overlap), and 
 read with ``time_column > since`` with how many of each were read. ``type`` says how the two values are
 written in JSON (``datetime``/``date``: ISO 8601, ``decimal``: text, ``value``: as is). An entry without
 ``seen`` (written before the overlap existed) means: every row up to the watermark was read.
-Written atomically (temporary file + rename).
+``counters``: the pipeline's counters (``OutputsPipeline.counters()``), saved with the marks they go with, so
+they continue across a restart instead of starting at 0.
+
+Written after every poll that changed anything, atomically (temporary file, fsync, rename), so a killed
+exporter leaves the previous complete file. The generation it replaces is kept as ``state.prev.json``. A
+state file that cannot be parsed (damaged on disk, edited by hand) is moved aside as
+``state.json.corrupt-<UTC time>`` for inspection, counted (``errors["corrupt"]``), and the previous
+generation is used instead: its files, marks and counters are one consistent snapshot from one poll earlier,
+so the files and rows read since are read and counted again, and the counters end where they were. Only when
+both are damaged does the exporter start afresh (every file counted again, counters from 0).
 """
 
 from __future__ import annotations
@@ -59,26 +68,79 @@ def _decode(kind: str | None, v: Any) -> Any:
     return v
 
 
+# Why the state could not be used or kept (label ``reason`` of fleetmon_outputs_state_errors_total).
+STATE_ERROR_REASONS = ("corrupt", "unreadable", "save")
+
+
 class ReadState:
     def __init__(self, directory: Path, load: bool = True) -> None:
         self.path = directory / "state.json"
+        self.prev_path = directory / "state.prev.json"
         self.files: dict[str, dict[str, Any]] = {}
         self.sql: dict[str, dict[str, Any]] = {}
+        self.counters: dict[str, Any] = {}
+        self.errors: Counter[str] = Counter(dict.fromkeys(STATE_ERROR_REASONS, 0))
         self.dirty = False
         if load:
             self._load()
 
     def _load(self) -> None:
         try:
-            data = json.loads(self.path.read_text())
+            self._parse(self.path.read_bytes())
+            return
         except FileNotFoundError:
+            return  # never written, or deleted by an operator to start afresh: not an error
+        except OSError as e:
+            # Unreadable (permissions, I/O error): start afresh; saving will likely fail and say so too.
+            self.errors["unreadable"] += 1
+            log.error(
+                "cannot read outputs state %s: %s; starting afresh (files are counted again)", self.path, e
+            )
             return
-        except (OSError, ValueError) as e:
-            # A damaged state file must not stop the exporter: start afresh (files are counted again).
-            log.error("ignoring unreadable outputs state %s: %s", self.path, e)
-            return
-        self.files = dict(data.get("files") or {})
-        self.sql = dict(data.get("sql") or {})
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            self.errors["corrupt"] += 1
+            aside = self._set_aside()
+            log.error(
+                "outputs state %s is damaged (%s), moved to %s", self.path, e, aside or "(cannot move it)"
+            )
+        try:
+            self._parse(self.prev_path.read_bytes())
+            log.error(
+                "outputs state: using the previous generation %s instead; what was read since is read and "
+                "counted again",
+                self.prev_path,
+            )
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            self.files, self.sql, self.counters = {}, {}, {}
+            log.error(
+                "outputs state: no usable previous generation %s (%s); starting afresh: every file is "
+                "counted again and the counters start at 0",
+                self.prev_path,
+                e,
+            )
+        self.dirty = True  # write a good file in place of the damaged one on the next save
+
+    def _parse(self, raw: bytes) -> None:
+        """Take the state from the file's bytes, or raise ValueError/TypeError/KeyError if it is not one."""
+        data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object but {type(data).__name__}")
+        files, sql, counters = data.get("files") or {}, data.get("sql") or {}, data.get("counters") or {}
+        for what, v in (("files", files), ("sql", sql), ("counters", counters)):
+            if not isinstance(v, dict):
+                raise ValueError(f"{what} is not an object")
+        for entry in files.values():
+            float(entry["mtime"])  # every entry must say when its file was read (raises if not)
+        self.files, self.sql, self.counters = dict(files), dict(sql), dict(counters)
+
+    def _set_aside(self) -> Path | None:
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, aside)
+            return aside
+        except OSError:
+            return None
 
     def mark_file(self, path: str, mtime: float, rows: int, error: str | None = None) -> None:
         self.files[path] = {
@@ -124,11 +186,36 @@ class ReadState:
             del self.files[p]
         self.dirty |= bool(gone)
 
+    def set_counters(self, counters: dict[str, Any]) -> None:
+        if counters != self.counters:
+            self.counters = counters
+            self.dirty = True
+
     def save(self) -> None:
+        """Write the state if it changed; raises OSError (counted in ``errors["save"]``) if it cannot."""
         if not self.dirty:
             return
+        try:
+            self._write()
+        except OSError:
+            self.errors["save"] += 1
+            raise
+        self.dirty = False
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"files": self.files, "sql": self.sql}, default=str))
+        body = json.dumps({"files": self.files, "sql": self.sql, "counters": self.counters}, default=str)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not reach the disk before the data
+        # Keep the generation being replaced (a hard link: state.json is never missing in between).
+        prev_tmp = self.prev_path.with_suffix(".json.tmp")
+        try:
+            prev_tmp.unlink(missing_ok=True)
+            os.link(self.path, prev_tmp)
+            os.replace(prev_tmp, self.prev_path)
+        except FileNotFoundError:
+            pass  # the first save: nothing to keep
         os.replace(tmp, self.path)
-        self.dirty = False
