@@ -110,6 +110,20 @@ class DemoStack:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def scheduled_ground_truth(self, timeout: float = 180) -> list[dict[str, Any]]:
+        """The ground truth once the simulator's first step has scheduled incidents (the quiet-buildings
+        record comes first, written at its start); fails with the simulator's log if it never does."""
+        deadline = time.time() + timeout
+        while True:
+            gt = self.ground_truth()
+            if len(gt) > 1:
+                return gt
+            if time.time() > deadline:
+                log = self.state_dir / "log" / "simulator.log"
+                tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no simulator.log)"
+                raise AssertionError(f"no incident scheduled {timeout:.0f} s after start; simulator.log:\n{tail}")
+            time.sleep(2)
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         """An instant query against the stack's Prometheus; the `result` list."""
         return self.query_api("/api/v1/query", query=promql)["result"]

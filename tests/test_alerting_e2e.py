@@ -74,7 +74,7 @@ def test_schedule_takes_configured_incident_durations() -> None:
 @pytest.mark.e2e
 @pytest.mark.timeout(840)
 def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack: Any) -> None:
-    gt = demo_stack.ground_truth()
+    gt = demo_stack.scheduled_ground_truth()
     quiet = {(b["customer"], b["building"]) for b in gt[0]["detail"]["buildings"]}
     assert gt[0]["kind"] == "quiet_buildings" and quiet
     # Wave 0: every kind, started within 90 s of the first incident.
