@@ -22,7 +22,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -87,9 +87,50 @@ def yaml_error_text(e: yaml.YAMLError) -> str:
     return type(e).__name__
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose failures to build a value are YAML errors at that value's position.
+
+    PyYAML's constructors let builtin errors out: ValueError (``!!int x``, a date that does not exist such as
+    2026-13-45, an integer of more than 4300 digits: int()'s limit), KeyError (``!!bool x``), IndexError
+    (``!!int ""``), AttributeError (``!!timestamp x``); some of their messages quote the value (a secret).
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, RecursionError):
+            raise  # already a YAML error at its own position / nesting: safe_load_yaml
+        except Exception:  # any other: the value cannot be built; which builtin error is PyYAML's detail
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            raise yaml.constructor.ConstructorError(
+                problem=f"not a valid {kind} (malformed or too large)", problem_mark=node.start_mark
+            ) from None
+
+
+def safe_load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that bad input always raises ``yaml.YAMLError`` (for ``yaml_error_text``).
+
+    Besides the constructors' errors (``_Loader``), PyYAML's composer recurses once per level of nesting:
+    collections nested deeper than Python's recursion limit (a 1 KB file of brackets) raise RecursionError.
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
+    except RecursionError:
+        raise yaml.MarkedYAMLError(problem="collections nested too deeply") from None
+
+
 class _Model(BaseModel):
     # Unknown keys are errors: a typo must not be silently ignored.
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*")
+    @classmethod
+    def _no_nul_in_paths(cls, v: Any) -> Any:
+        # No file name holds a NUL (YAML "\0"): refused here, naming the key, rather than as ValueError
+        # ("embedded null byte") from Path.resolve() or open() at start-up or later.
+        if isinstance(v, Path) and "\0" in str(v):
+            raise ValueError("a path cannot contain a NUL character")
+        return v
 
     def __repr_args__(self) -> Any:
         # repr() and str() (a debugger, a log line) show that a secret is set, never its value.
@@ -326,6 +367,23 @@ class DriftColumnOverride(_Model):
     threshold: float | None = None
 
 
+class VersionsConfig(_Model):
+    """Benchmarking model versions on the same matured targets (shadow predictions with ``model_version``)."""
+
+    enabled: bool = True
+    # Matured targets of the last this many seconds are compared (every version on the same targets).
+    window_seconds: float = Field(default=7 * 86400, gt=0)
+    # Labels of the ``alias`` column kept as label values; rows with another alias count as shadow rows
+    # of their version with alias "" (label values stay bounded).
+    aliases: list[str] = Field(default_factory=lambda: ["champion", "challenger"])
+    # A challenger beats the champion when its mean loss is lower by at least this share of the
+    # champion's, on at least ``min_targets`` paired targets, with a Diebold-Mariano p-value below alpha.
+    margin: float = Field(default=0.05, ge=0)
+    min_targets: int = Field(default=24, ge=2)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    loss: Literal["squared", "absolute"] = "squared"
+
+
 class DriftConfig(_Model):
     enabled: bool = True
     # fleet: the batched engine (same numbers as Evidently, fleet-wide); evidently: Evidently per model.
@@ -362,6 +420,7 @@ class OutputsConfig(_Model):
     # Quantiles of the anomaly score exported per anomaly detector and window.
     score_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.99])
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    versions: VersionsConfig = Field(default_factory=VersionsConfig)
     quarantine_dir: Path = Path("var/quarantine/outputs")
     state_dir: Path = Path("var/state/outputs")
     listen: ListenConfig = Field(default_factory=lambda: ListenConfig(port=9702))
@@ -572,25 +631,29 @@ def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any
             node[key] = value
             continue
         try:
-            node[key] = yaml.safe_load(value) if value != "" else ""
+            node[key] = safe_load_yaml(value) if value != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"{name}: not a valid YAML value: {yaml_error_text(e)}") from None
-    mlflow = raw.setdefault("mlflow", {}) if isinstance(raw.get("mlflow", {}), dict) else raw["mlflow"]
-    for env, key in (
-        ("MLFLOW_TRACKING_URI", "tracking_uri"),
-        ("MLFLOW_TRACKING_TOKEN", "token"),
-        ("MLFLOW_TRACKING_USERNAME", "username"),
-        ("MLFLOW_TRACKING_PASSWORD", "password"),
-    ):
-        if environ.get(env):
-            mlflow[key] = environ[env]
+    # MLflow's variables go into the mlflow section only when it is a mapping: anything else (`mlflow: 5` in
+    # the file, FLEETMON__MLFLOW=5) is left for validation to refuse, naming the key.
+    mlflow = raw.setdefault("mlflow", {})
+    if isinstance(mlflow, dict):
+        for env, key in (
+            ("MLFLOW_TRACKING_URI", "tracking_uri"),
+            ("MLFLOW_TRACKING_TOKEN", "token"),
+            ("MLFLOW_TRACKING_USERNAME", "username"),
+            ("MLFLOW_TRACKING_PASSWORD", "password"),
+        ):
+            if environ.get(env):
+                mlflow[key] = environ[env]
     return raw
 
 
-def _format_error(path: Path | str, err: ValidationError) -> str:
+def _format_error(path: Path | str, err: ValidationError, within: tuple[str, ...] = ()) -> str:
+    """One line per error: ``<path>: <key>: <what is wrong>``; ``within``: the keys of the part validated."""
     lines = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        loc = [*within, *(str(p) for p in e["loc"])]
         key = ".".join(loc) or "(top level)"
         got = e.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
@@ -643,11 +706,13 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:  # YAML is Unicode text; the exception would carry the file's bytes
+        raise ConfigError(f"{path}: not UTF-8 text: invalid byte at offset {e.start}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {yaml_error_text(e)}") from None
     if data is None:
@@ -655,6 +720,17 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: (top level): expected a mapping of sections, got {type(data).__name__}")
     return data
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], data: Any, path: Path, within: tuple[str, ...] = ()) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        # not chained: pydantic's own text repeats every input value, secrets included
+        raise ConfigError(_format_error(path, e, within)) from None
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
@@ -665,24 +741,18 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
     # A fleet include file contributes customers (kept apart so large fleets stay readable).
     fleet = raw.get("fleet")
     if isinstance(fleet, dict) and fleet.get("include"):
-        inc = Path(str(fleet["include"]))
-        inc = inc if inc.is_absolute() else base / inc
+        # This file's fleet section first: its include must be a path before it is read, and its customers
+        # a list before the include's are appended.
+        include = _validated(FleetConfig, fleet, path, ("fleet",)).include
+        assert include is not None  # a non-empty value, validated
+        inc = include if include.is_absolute() else base / include
         inc_raw = _read_yaml(inc)
-        unknown = set(inc_raw) - {"customers"}
+        unknown = sorted(map(str, set(inc_raw) - {"customers"}))  # YAML keys may be 1, null, true
         if unknown:
-            raise ConfigError(
-                f"{inc}: {sorted(unknown)[0]}: unknown key (a fleet file holds only 'customers')"
-            )
-        try:
-            FleetConfig.model_validate({"customers": inc_raw.get("customers") or []})
-        except ValidationError as e:
-            raise ConfigError(_format_error(inc, e).replace(f"{inc}: ", f"{inc}: fleet.")) from e
+            raise ConfigError(f"{inc}: {unknown[0]}: unknown key (a fleet file holds only 'customers')")
+        _validated(FleetConfig, {"customers": inc_raw.get("customers") or []}, inc, ("fleet",))
         fleet["customers"] = list(fleet.get("customers") or []) + list(inc_raw.get("customers") or [])
-    try:
-        cfg = Config.model_validate(raw)
-    except ValidationError as e:
-        # not chained: pydantic's own text repeats every input value, secrets included
-        raise ConfigError(_format_error(path, e)) from None
+    cfg = _validated(Config, raw, path)
     cfg.source = path.resolve()
     _resolve_paths(cfg, base)
     return cfg

@@ -27,6 +27,7 @@ import html
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -60,9 +61,18 @@ REASONS = (
     "missing_field",
     "bad_alerts",
     "bad_status",
+    "bad_field",
     "corrupt_stored_line",
 )
 REQUIRED_FIELDS = ("version", "status", "receiver", "alerts")
+# Webhook payload version 4 (Alertmanager's template.Data): what each field is when present. Label sets and
+# annotations are objects of strings, times RFC 3339 (Go's time.Time, e.g. 2026-11-22T10:01:00.123456789Z).
+STRING_FIELDS = ("version", "receiver", "groupKey", "externalURL")
+STRING_MAP_FIELDS = ("groupLabels", "commonLabels", "commonAnnotations")
+ALERT_STRING_FIELDS = ("generatorURL", "fingerprint")
+ALERT_STRING_MAP_FIELDS = ("labels", "annotations")
+ALERT_TIME_FIELDS = ("startsAt", "endsAt")
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\d[Tt]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)")
 
 
 class Rejected(ValueError):
@@ -72,8 +82,35 @@ class Rejected(ValueError):
         self.detail = detail
 
 
+def _is_string_map(v: Any) -> bool:
+    return isinstance(v, dict) and all(isinstance(x, str) for x in v.values())
+
+
+def _has_lone_surrogate(payload: Any) -> bool:
+    """Whether a string (key or value) holds a lone surrogate (JSON's "\\ud800"): text that is no Unicode."""
+    stack = [payload]
+    while stack:  # no recursion: the payload may be nested as deep as json.loads goes
+        v = stack.pop()
+        if isinstance(v, str):
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif isinstance(v, dict):
+            stack.extend(v)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 def validate(payload: Any) -> dict[str, Any]:
-    """Check the shape of an Alertmanager webhook payload; raises ``Rejected`` naming the reason."""
+    """Check an Alertmanager webhook payload (version 4); raises ``Rejected`` naming the reason.
+
+    Each field the format defines is checked when present, so that whatever is accepted is as Alertmanager
+    sends it, and can be stored, served and rendered (GET / reads labels, annotations, statuses, text).
+    """
     if not isinstance(payload, dict):
         raise Rejected("not_an_object", f"expected a JSON object, got {type(payload).__name__}")
     missing = [f for f in REQUIRED_FIELDS if f not in payload]
@@ -86,6 +123,26 @@ def validate(payload: Any) -> dict[str, Any]:
         isinstance(a, dict) and isinstance(a.get("labels", {}), dict) for a in alerts
     ):
         raise Rejected("bad_alerts", "alerts must be a list of objects with a labels object")
+    for i, a in enumerate(alerts):
+        if "status" in a and a["status"] not in STATUSES:
+            raise Rejected("bad_alerts", f"alerts[{i}].status must be firing or resolved")
+        for f in ALERT_STRING_MAP_FIELDS:
+            if f in a and not _is_string_map(a[f]):
+                raise Rejected("bad_alerts", f"alerts[{i}].{f} must be an object of strings")
+        for f in ALERT_STRING_FIELDS:
+            if f in a and not isinstance(a[f], str):
+                raise Rejected("bad_alerts", f"alerts[{i}].{f} must be a string")
+        for f in ALERT_TIME_FIELDS:
+            if f in a and not (isinstance(a[f], str) and RFC3339.fullmatch(a[f])):
+                raise Rejected("bad_alerts", f"alerts[{i}].{f} must be an RFC 3339 time")
+    for f in STRING_FIELDS:
+        if not isinstance(payload.get(f, ""), str):
+            raise Rejected("bad_field", f"{f} must be a string")
+    for f in STRING_MAP_FIELDS:
+        if f in payload and not _is_string_map(payload[f]):
+            raise Rejected("bad_field", f"{f} must be an object of strings")
+    if _has_lone_surrogate(payload):  # Go's encoder never writes one; the page could not be encoded
+        raise Rejected("invalid_json", "a string holds a lone surrogate escape (not Unicode text)")
     return payload
 
 
@@ -118,7 +175,10 @@ class Store:
                     item = json.loads(line)
                     if not isinstance(item, dict) or "received_at" not in item:
                         raise ValueError("not a stored notification")
-                except ValueError as e:
+                    # The same check as at POST (Rejected is a ValueError): a line edited by hand or stored
+                    # by an older, laxer receiver must not break the page for every reader.
+                    validate(item)
+                except (ValueError, RecursionError) as e:
                     self.reject("corrupt_stored_line", f"{self.path}:{lineno}: {e}", line.encode())
                     continue
                 self.items.append(item)
@@ -130,6 +190,7 @@ class Store:
     def add(self, payload: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         item = {"received_at": _rfc3339(now), **payload}
+        item["received_at"] = _rfc3339(now)  # ours, not a "received_at" of the payload (none in the format)
         line = json.dumps(item, separators=(",", ":"), sort_keys=True) + "\n"
         with self._lock:
             with open(self.path, "a", encoding="utf-8") as f:

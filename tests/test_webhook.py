@@ -124,6 +124,14 @@ def test_html_page_shows_alerts_escaped(tmp_path: Path) -> None:
         (b'{"status": "firing"}', "missing_field"),
         (json.dumps({**am_payload(), "status": "weird"}).encode(), "bad_status"),
         (json.dumps({**am_payload(), "alerts": [1, 2]}).encode(), "bad_alerts"),
+        (json.dumps({**am_payload(), "alerts": [{"annotations": [1]}]}).encode(), "bad_alerts"),
+        (json.dumps({**am_payload(), "alerts": [{"status": 1}]}).encode(), "bad_alerts"),
+        (json.dumps({**am_payload(), "alerts": [{"labels": {"a": 1}}]}).encode(), "bad_alerts"),
+        (json.dumps({**am_payload(), "alerts": [{"startsAt": "yesterday"}]}).encode(), "bad_alerts"),
+        (json.dumps({**am_payload(), "groupLabels": None}).encode(), "bad_field"),
+        (json.dumps({**am_payload(), "receiver": ["webhook"]}).encode(), "bad_field"),
+        # a lone surrogate: valid JSON, but no Unicode text (the page could not be encoded)
+        (json.dumps({**am_payload(), "receiver": "\ud800"}).encode(), "invalid_json"),
         (b"x" * (MAX_BODY_BYTES + 10), "too_large"),
     ],
 )
@@ -152,6 +160,18 @@ def test_damaged_stored_line_is_quarantined_on_load(tmp_path: Path) -> None:
         assert (
             'fleetmon_webhook_rejected_total{reason="corrupt_stored_line"} 1.0' in get(base + "/metrics")[1]
         )
+    assert json.loads((tmp_path / "quarantine.jsonl").read_text())["reason"] == "corrupt_stored_line"
+
+
+def test_stored_line_that_post_would_refuse_is_quarantined_on_load(tmp_path: Path) -> None:
+    # e.g. stored by an older, laxer receiver: the page must still render
+    bad = {"received_at": "2026-11-22T10:00:00.000Z", **am_payload(), "alerts": [{"annotations": [1]}]}
+    good = {"received_at": "2026-11-22T10:01:00.000Z", **am_payload()}
+    (tmp_path / "notifications.jsonl").write_text(json.dumps(bad) + "\n" + json.dumps(good) + "\n")
+    with Receiver(tmp_path, port=0).start() as r:
+        base = f"http://127.0.0.1:{r.port}"
+        assert len(json.loads(get(base + "/notifications")[1])) == 1
+        assert get(base + "/")[0] == 200
     assert json.loads((tmp_path / "quarantine.jsonl").read_text())["reason"] == "corrupt_stored_line"
 
 
