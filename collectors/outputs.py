@@ -29,6 +29,7 @@ from fleetmon.exporter import FLEET_LABELS, Rendered, register, render_families
 from fleetmon.outputs.drift_jobs import JobSet, ReferenceFiles, build_jobs
 from fleetmon.outputs.pipeline import OutputsPipeline, safe_url
 from fleetmon.outputs.quality import Quality
+from fleetmon.outputs.versions import Versions
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,15 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
         c.add_metric(labels[k], float(v))
     out.append(c)
     c = CounterMetricFamily(
+        "fleetmon_model_shadow_predictions",
+        "Shadow prediction records accepted for the model: alias set and not champion (a challenger version "
+        "run beside the champion); they feed only the version benchmark, not the model's other series.",
+        labels=FLEET,
+    )
+    for k, v in enumerate(p.store.shadow_total):
+        c.add_metric(labels[k], float(v))
+    out.append(c)
+    c = CounterMetricFamily(
         "fleetmon_building_actuals",
         "Actual records accepted for the building and energy type.",
         labels=BE,
@@ -254,6 +264,112 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
         g.add_metric([*labels[k], "unexpected"], float(p.store.schema_unexpected[k]))
     out.append(g)
     return out
+
+
+def versions_families(p: OutputsPipeline, v: Versions) -> list[Metric]:
+    """Per model version and per challenger (``fleetmon.outputs.versions``); only versions of the window."""
+    labels = p.fleet.model_labels
+    aliases = ["", *p.cfg.versions.aliases]
+    vl = [*FLEET, "version", "alias"]
+    cached = (
+        " Over the matured targets of outputs.versions.window_seconds. Cached; recomputed every outputs poll."
+    )
+    on_common = (
+        " on the targets every version of the model seen in the window predicted (paired targets)" + cached
+    )
+    paired = GaugeMetricFamily(
+        "fleetmon_model_version_paired_targets",
+        "Matured targets with an actual that every version of the model seen in the window predicted (each "
+        "version's newest prediction counts)." + cached,
+        labels=vl,
+    )
+    fams = [
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_mae_joules",
+                "Mean absolute error of the version" + on_common,
+                labels=vl,
+            ),
+            "mae",
+            J_PER_KWH,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_rmse_joules",
+                "Root mean squared error of the version" + on_common,
+                labels=vl,
+            ),
+            "rmse",
+            J_PER_KWH,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_bias_joules",
+                "Mean error, prediction minus actual, of the version" + on_common,
+                labels=vl,
+            ),
+            "bias",
+            J_PER_KWH,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_mape_ratio",
+                "Mean absolute percentage error (ratio) of the version, zero actuals skipped," + on_common,
+                labels=vl,
+            ),
+            "mape",
+            1.0,
+        ),
+    ]
+    vs = v.versions
+    if len(vs):
+        models = vs["model"].to_numpy(dtype=np.int64)
+        vers = vs["version"].to_numpy(dtype=np.int64)
+        codes = vs["alias"].to_numpy(dtype=np.int64)
+        n = vs["paired"].to_numpy(dtype=np.float64)
+        for i in range(len(vs)):
+            key = [*labels[models[i]], str(vers[i]), aliases[codes[i]]]
+            paired.add_metric(key, float(n[i]))
+            for g, col, scale in fams:
+                x = float(vs[col].iat[i])
+                if not np.isnan(x):
+                    g.add_metric(key, x * scale)
+    cl = [*FLEET, "champion_version", "challenger_version"]
+    pvalue = GaugeMetricFamily(
+        "fleetmon_model_challenger_dm_pvalue",
+        "Two-sided p-value of the Diebold-Mariano test (HAC variance, Harvey-Leybourne-Newbold correction, "
+        "Student t) of champion against challenger on the targets both predicted (outputs.versions.loss)."
+        + cached,
+        labels=cl,
+    )
+    improvement = GaugeMetricFamily(
+        "fleetmon_model_challenger_loss_improvement_ratio",
+        "Mean loss of the champion minus the challenger's, over the champion's, on the targets both predicted "
+        "(0.1 = the challenger's loss is 10% lower; negative = worse)." + cached,
+        labels=cl,
+    )
+    outperforms = GaugeMetricFamily(
+        "fleetmon_model_challenger_outperforms",
+        "1 if the challenger beats the champion: loss improvement above outputs.versions.margin on at least "
+        "min_targets paired targets with a Diebold-Mariano p-value below alpha; else 0." + cached,
+        labels=cl,
+    )
+    ch = v.challengers
+    if len(ch):
+        models = ch["model"].to_numpy(dtype=np.int64)
+        champ = ch["champion"].to_numpy(dtype=np.int64)
+        chall = ch["challenger"].to_numpy(dtype=np.int64)
+        p_ = ch["pvalue"].to_numpy(dtype=np.float64)
+        imp = ch["improvement"].to_numpy(dtype=np.float64)
+        outp = ch["outperforms"].to_numpy(dtype=np.float64)
+        for i in range(len(ch)):
+            key = [*labels[models[i]], str(champ[i]), str(chall[i])]
+            if not np.isnan(p_[i]):
+                pvalue.add_metric(key, float(p_[i]))
+            if np.isfinite(imp[i]):
+                improvement.add_metric(key, float(imp[i]))
+            outperforms.add_metric(key, float(outp[i]))
+    return [paired, *(g for g, _, _ in fams), pvalue, improvement, outperforms]
 
 
 def ingest_families(p: OutputsPipeline) -> list[Metric]:
@@ -384,7 +500,10 @@ class OutputsCollector:
         p = self.pipeline
         p.ingest()
         q = p.refresh_quality()
-        self._rendered = render_families(self._static + quality_families(p, q) + ingest_families(p))
+        versions = versions_families(p, p.versions) if p.versions is not None else []
+        self._rendered = render_families(
+            self._static + quality_families(p, q) + versions + ingest_families(p)
+        )
 
     def prerendered(self) -> Rendered:
         return self._rendered

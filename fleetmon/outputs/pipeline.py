@@ -57,6 +57,8 @@ from fleetmon.outputs.quarantine import Quarantine
 from fleetmon.outputs.records import READERS, Batch, FleetIndex, Kind, table_batch, validate
 from fleetmon.outputs.state import ReadState, SqlMark
 from fleetmon.outputs.store import OutputStore
+from fleetmon.outputs.versions import Versions
+from fleetmon.outputs.versions import compute as compute_versions
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class OutputsPipeline:
         self._sql_synced: set[str] = set()
         self._rebuilt = False
         self.quality: Quality | None = None
+        self.versions: Versions | None = None  # None: outputs.versions.enabled is false
         if not readonly:
             self._restore_counters(self.state.counters)
 
@@ -155,6 +158,9 @@ class OutputsPipeline:
             "predictions": [
                 [*fleet.model_labels[i], int(n)] for i, n in enumerate(self.store.predictions_total) if n
             ],
+            "shadow_predictions": [
+                [*fleet.model_labels[i], int(n)] for i, n in enumerate(self.store.shadow_total) if n
+            ],
             "actuals": [[*fleet.be[i], int(n)] for i, n in enumerate(self.store.actuals_total) if n],
             "rejected": [[*k, n] for k, n in sorted(self.rejected.items()) if n],
             "sql_errors": [[*k, n] for k, n in sorted(self.sql_errors.items()) if n],
@@ -178,13 +184,19 @@ class OutputsPipeline:
         dropped = 0
         try:
             for *key, n in saved.get("predictions", ()):
-                i = self.fleet.model_ids.get(tuple(key))  # type: ignore[arg-type]
+                i = self.fleet.model_ids.get(tuple(key))
                 if i is None:
                     dropped += 1
                 else:
                     self.store.predictions_total[i] = n
+            for *key, n in saved.get("shadow_predictions", ()):
+                i = self.fleet.model_ids.get(tuple(key))
+                if i is None:
+                    dropped += 1
+                else:
+                    self.store.shadow_total[i] = n
             for *key, n in saved.get("actuals", ()):
-                i = self.fleet.be_ids.get(tuple(key))  # type: ignore[arg-type]
+                i = self.fleet.be_ids.get(tuple(key))
                 if i is None:
                     dropped += 1
                 else:
@@ -193,7 +205,7 @@ class OutputsPipeline:
                 self.rejected[tuple(str(k) for k in key)] = int(n)  # type: ignore[index]
             for *key, n in saved.get("sql_errors", ()):
                 if tuple(key) in self.sql_errors:
-                    self.sql_errors[tuple(key)] = int(n)  # type: ignore[index]
+                    self.sql_errors[tuple(key)] = int(n)
             for name, c in (
                 ("source_errors", self.source_errors),
                 ("files_read", self.files_read),
@@ -351,7 +363,9 @@ class OutputsPipeline:
         self._sql_synced.add(name)
 
     def _ingest(self, batch: Batch, now: float, count: bool) -> None:
-        v = validate(batch, self.fleet, self.features, now, self.cfg.max_future_skew_seconds)
+        v = validate(
+            batch, self.fleet, self.features, now, self.cfg.max_future_skew_seconds, self.cfg.versions.aliases
+        )
         dups = self.store.add(v, batch, count=count)
         if not count:
             return
@@ -379,6 +393,8 @@ class OutputsPipeline:
         self.quality = compute(
             snap, self.fleet, dict(self.cfg.windows), self.features, list(self.cfg.score_quantiles), now
         )
+        if self.cfg.versions.enabled:
+            self.versions = compute_versions(snap, self.fleet, self.cfg.versions, now)
         return self.quality
 
     def poll(self) -> None:
@@ -401,7 +417,7 @@ def _register_lenient_time_loaders(dbapi_conn: Any, _record: Any) -> None:
     from psycopg.types import datetime as pgdt
 
     def lenient(base: type) -> type:
-        class Lenient(base):  # type: ignore[misc, valid-type]
+        class Lenient(base):
             def load(self, data: Any) -> Any:
                 try:
                     return super().load(data)

@@ -9,6 +9,8 @@ MAPE as a ratio (mean |prediction - actual| / |actual| over rows whose actual is
 zero actual are skipped and counted). Anomaly detectors: share of rows flagged, score quantiles (numpy's
 linear interpolation). All: matured rows, rows with an actual, share of missing values per feature.
 Per-model values are NaN where there is no row to compute them from (and are then not exported).
+Only the served rows count (``Snapshot.predictions``): shadow predictions of challenger versions are
+benchmarked apart, in ``fleetmon.outputs.versions``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ rows and rejections, each with one reason (the first that applies, in this order
   missing_field              a fleet key or timestamp is absent or empty
   unknown_fleet_key          customer/building/energy(/model) not in the configured fleet
   wrong_type                 a timestamp that is not RFC 3339, a number or feature that is not numeric,
-                             ``features`` that is not an object
+                             ``features`` that is not an object, a ``model_version`` that is not a positive
+                             integer (1, "1", 1.0), an ``alias`` that is not text
   missing_value              a number the record needs (prediction, anomaly score/flag, actual) is
                              absent, null or NaN
   out_of_range               an infinite number, an anomaly score outside 0..1, a flag other than 0/1
@@ -18,10 +19,17 @@ rows and rejections, each with one reason (the first that applies, in this order
   schema_missing_feature     a configured feature column is absent (null values are allowed: they are
                              counted as missing values)
   schema_unexpected_feature  a feature column that is not configured
-  duplicate                  (decided by the store) a prediction with the same model, made_at and
-                             target_time, or an actual with the same building, energy and target_time
+  duplicate                  (decided by the store) a prediction with the same model, model_version,
+                             made_at and target_time, or an actual with the same building, energy and
+                             target_time
 
 Times become float Unix seconds; features become float columns (NaN = missing value).
+
+Predictions may name the MLflow registry version that made them (``model_version``, 0 in the rows when
+absent: version "none") and its registry ``alias``. A row whose alias is set and is not ``champion`` is a
+*shadow* prediction (a challenger run beside the champion): kept for the version benchmark
+(``fleetmon.outputs.versions``) and nothing else. The alias is kept as a code: 0 = no alias or one that is
+not in ``outputs.versions.aliases`` (label value ""), ``i + 1`` = ``aliases[i]``.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -336,10 +345,80 @@ class _Reasons:
         return self.reason == ""
 
 
+# The largest model_version accepted: MLflow keeps versions as integers; 2**53 is where floats stop being exact.
+_MAX_VERSION = 2**53
+_VERSION_TEXT = re.compile(r"\+?\d+(\.0*)?")
+
+
+def _version(v: Any) -> int:
+    """A model_version as a positive integer, 0 when absent (null, NaN, ""), -1 when it is not one."""
+    if v is None or v is pd.NA or v is pd.NaT:
+        return 0
+    if isinstance(v, bool | np.bool_):
+        return -1
+    if isinstance(v, int | np.integer):
+        return int(v) if 1 <= v <= _MAX_VERSION else -1
+    if isinstance(v, float | np.floating):
+        if math.isnan(v):
+            return 0
+        return int(v) if math.isfinite(v) and v.is_integer() and 1 <= v <= _MAX_VERSION else -1
+    if isinstance(v, str):
+        t = v.strip()
+        if not t:
+            return 0
+        if _VERSION_TEXT.fullmatch(t):
+            n = int(t.split(".")[0])
+            return n if 1 <= n <= _MAX_VERSION else -1
+        return -1
+    return -1
+
+
+def model_versions(s: pd.Series) -> np.ndarray:
+    """Per row: the model_version (0 = absent, -1 = not a positive integer)."""
+    if s.dtype.kind in "iu":  # a numpy integer column (Parquet, SQL): no nulls in it
+        x = s.to_numpy(dtype=np.int64)
+        return np.where((x >= 1) & (x <= _MAX_VERSION), x, -1)
+    cache: dict[tuple[type, Any], int] = {}
+    out = np.empty(len(s), dtype=np.int64)
+    for i, v in enumerate(s.tolist()):
+        try:
+            key = (type(v), v)
+            hit = cache.get(key)
+        except TypeError:  # unhashable (a list from Parquet or JSON): not a version
+            out[i] = -1
+            continue
+        if hit is None:
+            hit = cache[key] = _version(v)
+        out[i] = hit
+    return out
+
+
+def aliases_of(s: pd.Series, aliases: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: the alias code (0 = none or not configured, i + 1 = aliases[i]), whether the row is a
+    shadow prediction (alias set and not "champion") and whether the value is not text."""
+    codes = {a: i + 1 for i, a in enumerate(aliases)}
+    n = len(s)
+    code = np.zeros(n, dtype=np.int64)
+    shadow = np.zeros(n, dtype=bool)
+    bad = np.zeros(n, dtype=bool)
+    for i, v in enumerate(s.tolist()):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+            continue
+        if not isinstance(v, str):
+            bad[i] = True
+            continue
+        t = v.strip()
+        if t:
+            code[i] = codes.get(t, 0)
+            shadow[i] = t != "champion"
+    return code, shadow, bad
+
+
 @dataclass
 class Validated:
     kind: Kind
-    # predictions: model, be, made_at, target, prediction, score, flag, features.<f>...
+    # predictions: model, be, made_at, target, prediction, score, flag, version, alias, shadow,
+    #   features.<f>...
     # actuals: be, target, actual, observed_at
     rows: pd.DataFrame
     loc: np.ndarray  # batch row index of each accepted row (for duplicates found later)
@@ -349,7 +428,12 @@ class Validated:
 
 
 def validate(
-    batch: Batch, fleet: FleetIndex, features: Sequence[str], now: float, max_future_skew: float
+    batch: Batch,
+    fleet: FleetIndex,
+    features: Sequence[str],
+    now: float,
+    max_future_skew: float,
+    aliases: Sequence[str] = ("champion", "challenger"),
 ) -> Validated:
     df = batch.frame
     n = len(df)
@@ -415,6 +499,24 @@ def validate(
     r.set(s_bad, "wrong_type", "anomaly_score is not a number")
     r.set(f_bad, "wrong_type", "anomaly_flag is not 0/1")
     r.set(_col(df, "_bad_features").notna().to_numpy(dtype=bool), "wrong_type", "features is not an object")
+    if "model_version" in df.columns and n:
+        version = model_versions(df["model_version"])
+    else:
+        version = np.zeros(n, dtype=np.int64)
+    r.set(
+        version < 0,
+        "wrong_type",
+        "model_version is not a positive integer (the MLflow registry version: 1, 2, ...)",
+    )
+    if "alias" in df.columns and n:
+        alias, shadow, alias_bad = aliases_of(df["alias"], aliases)
+    else:
+        alias, shadow, alias_bad = (
+            np.zeros(n, dtype=np.int64),
+            np.zeros(n, dtype=bool),
+            np.zeros(n, dtype=bool),
+        )
+    r.set(alias_bad, "wrong_type", "alias is not text")
     feats: dict[str, np.ndarray] = {}
     for name in features:
         x, bad = num_col(FEATURE_PREFIX + name)
@@ -443,11 +545,12 @@ def validate(
         "schema_unexpected_feature",
         np.asarray(["unexpected: " + str(u) for u in unexpected], dtype=object),
     )
-    # Schema per model: the newest row of each valid model in this batch decides.
+    # Schema per model: the newest row of each valid model in this batch decides (shadow rows describe a
+    # challenger, not what the model serves).
     schema: dict[int, tuple[int, int]] = {}
     n_missing = np.fromiter((m.count(",") + 1 if m else 0 for m in missing), dtype=np.int64, count=n)
     n_unexp = np.fromiter((u.count(",") + 1 if u else 0 for u in unexpected), dtype=np.int64, count=n)
-    order = np.flatnonzero(valid_model)
+    order = np.flatnonzero(valid_model & ~shadow)
     if len(order):
         mk = np.where(np.isnan(made), -np.inf, made)
         order = order[np.lexsort((mk[order], ids[order]))]
@@ -463,6 +566,9 @@ def validate(
         "prediction": pred[ok],
         "score": score[ok],
         "flag": flag[ok],
+        "version": version[ok],
+        "alias": alias[ok],
+        "shadow": shadow[ok],
     }
     for name, x in feats.items():
         data[FEATURE_PREFIX + name] = x[ok]

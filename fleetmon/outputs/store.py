@@ -4,12 +4,18 @@ Frames are never changed in place: adding rows makes new chunks, ``snapshot()`` 
 new frames, so a snapshot can be read by another thread (quality, drift) without holding the lock.
 Actuals are joined to predictions at read time (same building and energy type, same target_time), so an
 actual counts whether it arrives before or after its predictions.
+
+Shadow predictions (``alias`` set and not ``champion``: a challenger version run beside the champion) are
+kept apart, in ``Snapshot.shadow``: ``Snapshot.predictions`` holds what the models serve, which is all that
+quality, freshness, drift and ``predictions_total`` describe; shadow rows count in ``shadow_total`` and feed
+only the version benchmark. A prediction is a duplicate of another with the same model, ``model_version``
+(0 when absent), made_at and target_time, so a champion's and a challenger's for the same target are not.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,8 +32,10 @@ def actual_key(be: np.ndarray, target: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Snapshot:
-    predictions: pd.DataFrame  # model, be, made_at, target, prediction, score, flag, features.<f>...
+    # served rows: model, be, made_at, target, prediction, score, flag, version, alias, shadow, features.<f>...
+    predictions: pd.DataFrame
     actuals: pd.DataFrame  # be, target, actual, observed_at
+    shadow: pd.DataFrame = field(default_factory=pd.DataFrame)  # shadow rows, the same columns
 
 
 class OutputStore:
@@ -38,6 +46,7 @@ class OutputStore:
         self.lock = threading.Lock()
         n_models, n_be = len(fleet.models), len(fleet.be)
         self._pred: list[pd.DataFrame] = [self._empty_predictions()]
+        self._shadow: list[pd.DataFrame] = [self._empty_predictions()]
         self._act: list[pd.DataFrame] = [
             pd.DataFrame(
                 {
@@ -49,7 +58,8 @@ class OutputStore:
             )
         ]
         # Counters (never decrease; not incremented when the window is rebuilt after a restart).
-        self.predictions_total = np.zeros(n_models)
+        self.predictions_total = np.zeros(n_models)  # served predictions
+        self.shadow_total = np.zeros(n_models)  # shadow predictions (challenger versions)
         self.actuals_total = np.zeros(n_be)
         # Survive eviction: a model that stopped predicting keeps its last timestamp.
         self.last_made_at = np.full(n_models, np.nan)
@@ -64,6 +74,9 @@ class OutputStore:
         }
         for c in ("made_at", "target", "prediction", "score", "flag"):
             cols[c] = np.empty(0)
+        cols["version"] = np.empty(0, dtype=np.int64)
+        cols["alias"] = np.empty(0, dtype=np.int64)
+        cols["shadow"] = np.empty(0, dtype=bool)
         for f in self.features:
             cols[FEATURE_PREFIX + f] = np.empty(0)
         return pd.DataFrame(cols)
@@ -82,25 +95,19 @@ class OutputStore:
         rows = v.rows
         if rows.empty:
             return []
-        dup = rows.duplicated(["model", "made_at", "target"]).to_numpy()
+        key = ["model", "version", "made_at", "target"]
+        dup = rows.duplicated(key).to_numpy()
         lo, hi = rows["target"].min(), rows["target"].max()
-        existing: set[tuple[int, float, float]] = set()
-        for chunk in self._pred:
+        existing: set[tuple[int, int, float, float]] = set()
+        for chunk in (*self._pred, *self._shadow):
             t = chunk["target"].to_numpy()
             sel = (t >= lo) & (t <= hi)
             if sel.any():
                 c = chunk[sel]
-                existing.update(
-                    zip(c["model"].tolist(), c["made_at"].tolist(), c["target"].tolist(), strict=True)
-                )
+                existing.update(zip(*(c[k].tolist() for k in key), strict=True))
         if existing:
             dup |= np.fromiter(
-                (
-                    k in existing
-                    for k in zip(
-                        rows["model"].tolist(), rows["made_at"].tolist(), rows["target"].tolist(), strict=True
-                    )
-                ),
+                (k in existing for k in zip(*(rows[k].tolist() for k in key), strict=True)),
                 dtype=bool,
                 count=len(rows),
             )
@@ -109,13 +116,22 @@ class OutputStore:
                 batch,
                 int(v.loc[i]),
                 "duplicate",
-                "prediction already read (same model, made_at, target_time)",
+                "prediction already read (same model, model_version, made_at, target_time)",
                 int(rows["model"].iat[i]),
                 self.fleet,
             )
             for i in np.flatnonzero(dup)
         ]
         new = rows[~dup]
+        if new.empty:
+            return rejected
+        shadow = new["shadow"].to_numpy(dtype=bool)
+        if shadow.any():
+            sh = new[shadow]
+            self._shadow.append(sh)
+            if count:
+                self.shadow_total += np.bincount(sh["model"].to_numpy(), minlength=len(self.shadow_total))
+            new = new[~shadow]
         if not new.empty:
             self._pred.append(new)
             model = new["model"].to_numpy()
@@ -161,17 +177,25 @@ class OutputStore:
         """Consolidate, evict rows older than the retention, and return the current frames."""
         with self.lock:
             horizon = now - self.retention
-            pred = self._pred[0] if len(self._pred) == 1 else pd.concat(self._pred, ignore_index=True)
-            keep = np.fmax(pred["target"].to_numpy(), pred["made_at"].to_numpy()) >= horizon
-            if not keep.all():
-                pred = pred[keep].reset_index(drop=True)
+            pred, shadow = _consolidate(self._pred, horizon), _consolidate(self._shadow, horizon)
             act = self._act[0] if len(self._act) == 1 else pd.concat(self._act, ignore_index=True)
             keep = act["target"].to_numpy() >= horizon
             if not keep.all():
                 act = act[keep].reset_index(drop=True)
-            self._pred, self._act = [pred], [act]
-            return Snapshot(pred, act)
+            self._pred, self._shadow, self._act = [pred], [shadow], [act]
+            return Snapshot(pred, act, shadow)
 
     def rows(self) -> tuple[int, int]:
+        """Predictions (served and shadow) and actuals kept."""
         with self.lock:
-            return sum(len(c) for c in self._pred), sum(len(c) for c in self._act)
+            n_pred = sum(len(c) for c in self._pred) + sum(len(c) for c in self._shadow)
+            return n_pred, sum(len(c) for c in self._act)
+
+
+def _consolidate(chunks: list[pd.DataFrame], horizon: float) -> pd.DataFrame:
+    """The prediction chunks as one frame, without the rows older than the retention."""
+    pred = chunks[0] if len(chunks) == 1 else pd.concat(chunks, ignore_index=True)
+    keep = np.fmax(pred["target"].to_numpy(), pred["made_at"].to_numpy()) >= horizon
+    if not keep.all():
+        pred = pred[keep].reset_index(drop=True)
+    return pred
