@@ -578,7 +578,8 @@ class LineClassifier:
         """A bare JSON object that is no wrapper record: an application's JSON line, or a rejection reason."""
         try:
             rec = _decode_json(s)
-        except msgspec.DecodeError:
+        # RecursionError: msgspec gives up at Python's recursion limit (JSON ~1000 deep, a 2 KB line)
+        except (msgspec.DecodeError, RecursionError):
             return "invalid_json"
         if not isinstance(rec, dict):
             return "invalid_record"
@@ -614,7 +615,7 @@ class LineClassifier:
         if c0 == "{":
             try:
                 rec = _decode_json(msg)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # too deep: msgspec stops at the recursion limit
                 rec = None
             if isinstance(rec, dict):
                 if not self._record(st, rec):

@@ -519,12 +519,11 @@ class LogAnalyticsSource:
         # Called under the tailer's lock. Rows of a configured app count in its logs metrics too.
         st = self.state[table]
         st.rejected[reason] = st.rejected.get(reason, 0) + 1
-        kept = self.tailer.quarantine.offer(app or "", reason, f"log-analytics:{table}", 0, line)
+        # The sample counts as quarantined once the quarantine has written it (Quarantine.flush).
+        self.tailer.quarantine.offer(app or "", reason, f"log-analytics:{table}", 0, line)
         if app is not None:
             s = self.tailer.parser.stats[app]
             s.rejected[reason] = s.rejected.get(reason, 0) + 1
-            if kept:
-                s.quarantined[reason] = s.quarantined.get(reason, 0) + 1
 
     # ---------------------------------------------------------------------------------- outcome
     def _succeeded(self, now: float) -> None:

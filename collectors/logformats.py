@@ -29,6 +29,7 @@ and quarantine; nothing raises.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -231,9 +232,11 @@ def _num(v: float | str | None) -> float | object | None:
     if v in ("", "None"):
         return None
     try:
-        return float(v)
+        x = float(v)
     except ValueError:
         return _BAD
+    # float() takes "nan", "inf", "1e999": no count or size, and it would turn the gauges into NaN/+Inf
+    return x if math.isfinite(x) else _BAD
 
 
 def _looks_binary(line: bytes) -> bool:
@@ -320,7 +323,8 @@ class LineParser:
             if not docker and 0x61 <= first <= 0x7A:
                 try:
                     obj = self._decode_object(line)
-                except msgspec.DecodeError:
+                # RecursionError: msgspec gives up at Python's recursion limit (JSON ~1000 deep, a 2 KB line)
+                except (msgspec.DecodeError, RecursionError):
                     obj = None  # decoded again below, which says what is wrong with it
                 if isinstance(obj, dict) and _RECORD_KEYS.isdisjoint(obj):
                     try:
@@ -332,7 +336,7 @@ class LineParser:
                     d = self._decode_docker(line)
                 except msgspec.ValidationError:  # `log` of another type: no Docker record, an app's line?
                     return self._app_json(st, line, ps)
-                except (msgspec.DecodeError, UnicodeDecodeError):
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                     return "binary" if _looks_binary(line) else "invalid_json"
                 msg = d.log
                 key = _DOCKER_KEYS.get(d.stream) or "docker:" + str(d.stream)
@@ -345,7 +349,7 @@ class LineParser:
             if export:
                 try:
                     x: _Export | None = self._decode_export(line)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                     x = None  # decoded again below, which says what is wrong with it
                 if x is not None and x.ContainerAppName and (x.Log is not None or x.Reason is not None):
                     xname, etype, text = x.ContainerAppName, x.Type, x.Log
@@ -369,13 +373,13 @@ class LineParser:
                 rec = self._decode(line)
             except msgspec.ValidationError:  # not one of our records (a field of another type): an app's?
                 return self._app_json(st, line, ps)
-            except (msgspec.DecodeError, UnicodeDecodeError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 fixed = _unmangle_az_cli(line)
                 if fixed is None:
                     return "binary" if _looks_binary(line) else "invalid_json"
                 try:
                     rec = self._decode(fixed)
-                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+                except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
                     return "binary" if _looks_binary(line) else "invalid_json"
             if rec.log is not None:  # a Docker record with its keys in another order
                 key = _DOCKER_KEYS.get(rec.stream) or "docker:" + str(rec.stream)

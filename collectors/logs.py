@@ -19,8 +19,14 @@ Tailing, in the background ``poll()`` (the scrape only reads counters from memor
 - Positions (device, inode, fingerprint, offset, pending partial records) and every aggregate are written
   together, atomically, to ``logs.state_file``: after a restart the counters continue where they were and
   reading resumes at the saved positions, so nothing is counted twice or skipped. A file renamed while the
-  exporter was down is found again by inode in its directory and read to its end.
-- Rejected lines are counted by reason and a rate-limited sample is appended to ``logs.quarantine_file``.
+  exporter was down is found again by inode in its directory and read to its end. The generation a save
+  replaces is kept (``<name>.prev.json``). A damaged state file is moved aside (``<name>.corrupt-<UTC
+  time>``) and counted (``fleetmon_logs_state_errors_total{reason="corrupt"}``); the previous generation is
+  used instead. Without one the positions are unknown: the files there are taken up at their end (not read
+  again from 0, which would count every line twice) and the counters restart at 0 (see ``_load_state``).
+- Rejected lines are counted by reason and a rate-limited sample is appended to ``logs.quarantine_file``;
+  a sample counts as quarantined once it is written (a failed write is counted in
+  ``fleetmon_logs_quarantine_write_errors_total``; the samples that did not fit are dropped).
 - A JSON array document (what ``az monitor log-analytics query -o json`` writes: ``[`` alone on a line,
   indented objects, ``]`` alone at the start of a line; or a compact array on one line) is read whole once
   its closing line is there, up to ``DOC_MAX`` bytes, and each element is fed to the parser as one record.
@@ -29,6 +35,7 @@ Tailing, in the background ``poll()`` (the scrape only reads counters from memor
 
 from __future__ import annotations
 
+import datetime as dt
 import glob
 import hashlib
 import json
@@ -38,7 +45,8 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +73,10 @@ CHUNK = MAX_LINE + 1  # a full line of MAX_LINE bytes plus its newline fits in o
 FP_LEN = 256  # bytes of a file's head that identify it (with device and inode)
 PASS_BYTES = 16 << 20  # per file and pass: files are served in turn, state saved between passes
 STATE_VERSION = 1
+# Why the positions file could not be used or kept (label ``reason`` of fleetmon_logs_state_errors_total).
+STATE_ERROR_REASONS = ("corrupt", "unreadable", "save")
+# What a damaged positions file raises while it is parsed (RecursionError: JSON nested too deep).
+_DAMAGED = (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError)
 DOC_MAX = 128 << 20  # a JSON array document is decoded whole: bigger ones are rejected as too_long
 DOC_BATCH = 5000  # elements of a document fed per hold of the lock (a scrape waits at most for one batch)
 _DOC_END = re.compile(rb"\n\][ \t\r]*(?:\n|\Z)")  # "]" at the start of a line closes the top-level array
@@ -90,8 +102,33 @@ def _fingerprint(head: bytes) -> str:
     return hashlib.blake2b(head, digest_size=12).hexdigest()
 
 
+def _file_state(f: dict[str, Any]) -> dict[str, Any]:
+    """A saved file entry, checked: a damaged one raises (one of _DAMAGED) when the state file is read."""
+    return {
+        "app": str(f["app"]),
+        "path": str(f["path"]),
+        "dev": int(f["dev"]),
+        "ino": int(f["ino"]),
+        "offset": int(f["offset"]),
+        "fp": str(f.get("fp", "")),
+        "fp_len": int(f.get("fp_len", 0)),
+        "tail_fp": str(f.get("tail_fp", "")),
+        "tail_len": int(f.get("tail_len", 0)),
+        "skipping": bool(f.get("skipping", False)),
+        "skipping_doc": bool(f.get("skipping_doc", False)),
+        "pending": {str(k): str(v) for k, v in dict(f.get("pending") or {}).items()},
+        "context": {str(k): str(v) for k, v in dict(f.get("context") or {}).items()},
+    }
+
+
 class Quarantine:
-    """Samples of rejected lines as JSON lines, rate-limited per (app, reason) and capped in size."""
+    """Samples of rejected lines as JSON lines, rate-limited per (app, reason) and capped in size.
+
+    A sample counts as quarantined only once it is in the file: ``flush`` hands what it wrote to
+    ``on_written``. A failed write (disk full, ...) never raises: it is counted in ``write_errors``, the
+    samples that did not fit are dropped (their lines stay counted as rejected), and the next flush tries
+    again with new samples.
+    """
 
     def __init__(
         self,
@@ -100,17 +137,24 @@ class Quarantine:
         burst: float = 10.0,
         max_bytes: int = 16 << 20,
         sample_bytes: int = 1024,
+        on_written: Callable[[Counter[tuple[str, str]]], None] | None = None,
     ) -> None:
         self.path = path
         self.rate = per_minute / 60.0
         self.burst = burst
         self.max_bytes = max_bytes
         self.sample_bytes = sample_bytes
+        self.on_written = on_written
+        self.write_errors = 0  # failed flushes (fleetmon_logs_quarantine_write_errors_total)
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # -> (tokens, last time)
-        self._pending: list[str] = []
+        self._pending: list[tuple[str, str, str]] = []  # (app, reason, JSON line)
 
     def offer(self, app: str, reason: str, file: str, offset: int, line: bytes) -> bool:
-        """Keep a sample if the (app, reason) budget allows; returns whether it was kept."""
+        """Queue a sample for the next flush if the (app, reason) budget allows.
+
+        Returns False: nothing is in the file yet, so the caller must not count it (``flush`` counts what it
+        wrote through ``on_written``). The bool stays for callers that counted on True before.
+        """
         now = time.monotonic()
         tokens, last = self._buckets.get((app, reason), (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
@@ -127,21 +171,62 @@ class Quarantine:
             "length": len(line),
             "line": line[: self.sample_bytes].decode("utf-8", "backslashreplace"),
         }
-        self._pending.append(json.dumps(rec, ensure_ascii=False))
-        return True
+        self._pending.append((app, reason, json.dumps(rec, ensure_ascii=False)))
+        return False
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def flush(self) -> None:
+        """Append the queued samples; never raises. Must not be called under the tailer's lock."""
         if not self._pending:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        pending, self._pending = self._pending, []
+        body = "".join(text + "\n" for _, _, text in pending).encode("utf-8")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists() and self.path.stat().st_size > self.max_bytes:
                 os.replace(self.path, self.path.with_name(self.path.name + ".1"))  # keep one old file
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write("\n".join(self._pending) + "\n")
+            done, err = self._append(body)
         except OSError as e:
-            log.warning("cannot write quarantine file %s: %s", self.path, e)
-        self._pending.clear()
+            done, err = 0, e
+        n = body.count(b"\n", 0, done)  # the samples now whole in the file, in order
+        if err is not None:
+            self.write_errors += 1
+            log.error(
+                "cannot write %d of %d samples to the log quarantine %s: %s; they are dropped (their lines"
+                " stay counted as rejected)",
+                len(pending) - n,
+                len(pending),
+                self.path,
+                err,
+            )
+        if n and self.on_written is not None:
+            self.on_written(Counter((app, reason) for app, reason, _ in pending[:n]))
+
+    def _append(self, body: bytes) -> tuple[int, OSError | None]:
+        """Append ``body``; returns the bytes of whole samples in the file and the error that stopped it.
+
+        A short write (disk full) leaves a partial sample: it is cut off again, so the file holds only
+        whole samples and exactly those counted."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            done = 0
+            try:
+                while done < len(body):
+                    done += os.write(fd, body[done:])
+            except OSError as e:
+                keep = body.rfind(b"\n", 0, done) + 1
+                try:
+                    os.ftruncate(fd, start + keep)  # shrinking needs no space
+                except OSError as e2:
+                    log.error("cannot cut a partly written sample off %s: %s", self.path, e2)
+                return keep, e
+            return done, None
+        finally:
+            os.close(fd)
 
 
 class _File:
@@ -187,42 +272,109 @@ class LogTailer:
     def __init__(self, cfg: LogsConfig) -> None:
         self.cfg = cfg
         self.parser = LineParser(cfg.apps, max_routes=cfg.max_routes)
-        self.quarantine = Quarantine(cfg.quarantine_file)
+        self.quarantine = Quarantine(cfg.quarantine_file, on_written=self._count_quarantined)
         self.lock = threading.Lock()  # guards parser.stats against a concurrent scrape
         self.files: dict[tuple[int, int], _File] = {}
         self._saved_files: dict[tuple[int, int], dict[str, Any]] = {}
         self._dirty = False
+        # Positions lost (no usable state file): files already there on the first poll start at their end.
+        self._at_end = False
+        self.state_errors: dict[str, int] = dict.fromkeys(STATE_ERROR_REASONS, 0)
         self._load_state()
 
     @property
     def stats(self) -> dict[str, AppStats]:
         return self.parser.stats
 
+    @property
+    def _prev_path(self) -> Path:
+        """The generation the last save replaced: logs-positions.json -> logs-positions.prev.json."""
+        p = self.cfg.state_file
+        return p.with_name(f"{p.stem}.prev{p.suffix}")
+
+    def _count_quarantined(self, written: Counter[tuple[str, str]]) -> None:
+        with self.lock:
+            for (app, reason), n in written.items():
+                st = self.stats.get(app)  # "" or an unknown app: a Log Analytics row of no configured app
+                if st is not None:
+                    st.quarantined[reason] = st.quarantined.get(reason, 0) + n
+        self._dirty = True
+
     # ---------------------------------------------------------------------------------- state
     def _load_state(self) -> None:
+        """Counters and positions from the state file; if it is damaged, from the previous generation.
+
+        Both are one consistent snapshot (counters and the positions they were counted up to), so with the
+        previous generation the lines read since are read again and counted once onto its counters. With
+        neither, the positions are unknown: rather than read every file again from its start (counting
+        every line twice), the files there now are taken up from their end and the counters start at 0 (a
+        counter reset, which rate() and increase() handle); lines written while the exporter was down are
+        not counted. Each case is counted in ``state_errors`` and logged.
+        """
         path = self.cfg.state_file
         try:
-            raw = json.loads(path.read_text())
+            raw: bytes | None = path.read_bytes()
         except FileNotFoundError:
-            return
-        except (OSError, ValueError) as e:
-            # A corrupt state file must not stop the exporter; keep it for inspection and start over.
-            log.error("cannot read log positions %s (%s); starting from the beginning of every file", path, e)
+            return  # the first start (or deleted to start afresh): every file is new, read from its start
+        except OSError as e:
+            self.state_errors["unreadable"] += 1
+            log.error("cannot read log positions %s: %s", path, e)
+            raw = None
+        if raw is not None:
             try:
-                os.replace(path, path.with_name(path.name + ".corrupt"))
-            except OSError:
-                pass
+                self._use_state(raw)
+                return
+            except _DAMAGED as e:
+                self.state_errors["corrupt"] += 1
+                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+                aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+                try:
+                    os.replace(path, aside)  # kept for an operator to inspect
+                    moved = str(aside)
+                except OSError as e2:
+                    moved = f"nowhere ({e2})"
+                log.error("log positions %s are damaged (%s), moved to %s", path, e, moved)
+        self._dirty = True  # write a good file in place of the bad one on the next save
+        prev = self._prev_path
+        try:
+            self._use_state(prev.read_bytes())
+        except (OSError, *_DAMAGED) as e:
+            self._at_end = True
+            log.error(
+                "no usable previous generation of the log positions (%s: %s): positions unknown, so the log"
+                " files there now are read from their end (lines before are not counted again, lines written"
+                " while the exporter was down are not counted) and the log counters start again at 0",
+                prev,
+                e,
+            )
             return
-        if raw.get("version") != STATE_VERSION:
-            return
-        for app, d in raw.get("apps", {}).items():
-            if app in self.parser.stats:
-                self.parser.stats[app] = AppStats.from_state(d)
-        for f in raw.get("files", []):
-            if f.get("app") in self.parser.stats:
-                self._saved_files[(int(f["dev"]), int(f["ino"]))] = f
+        log.error(
+            "log positions: using the previous generation %s; the lines read since it was written are read"
+            " and counted again onto its counters (each once)",
+            prev,
+        )
+
+    def _use_state(self, raw: bytes) -> None:
+        """Take counters and positions from the file's bytes, or raise (one of ``_DAMAGED``) changing nothing."""
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"not a positions file of version {STATE_VERSION}")
+        stats = {app: AppStats.from_state(d) for app, d in dict(data["apps"]).items() if app in self.stats}
+        files: dict[tuple[int, int], dict[str, Any]] = {}
+        for entry in list(data["files"]):
+            f = _file_state(entry)  # checked now: the first poll must not trip over it
+            if f["offset"] < 0:
+                raise ValueError(f"negative offset of {f['path']}")
+            if f["app"] in self.stats:
+                files[(f["dev"], f["ino"])] = f
+        qerrors = int(data.get("quarantine_write_errors", 0))
+        self.parser.stats.update(stats)
+        self._saved_files = files
+        self.quarantine.write_errors = qerrors
 
     def save_state(self) -> None:
+        """Write counters and positions atomically (temporary file, fsync, rename: a kill leaves the last
+        complete file) and keep the generation replaced; raises OSError, counted as ``save``."""
         with self.lock:
             files = [f.to_state() for f in self.files.values()]
             # files not opened yet (e.g. vanished while we were down) are kept until found or given up
@@ -233,16 +385,39 @@ class LogTailer:
                 "saved_at": time.time(),
                 "files": files,
                 "apps": {a: s.to_state() for a, s in self.parser.stats.items()},
+                "quarantine_write_errors": self.quarantine.write_errors,
             }
             self._dirty = False
         path = self.cfg.state_file
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, separators=(",", ":"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, separators=(",", ":"))
+                fh.flush()
+                os.fsync(fh.fileno())  # the rename must not reach the disk before the data
+            # Keep the generation being replaced (a hard link: the state file is never missing in between).
+            prev, prev_tmp = self._prev_path, self._prev_path.with_name(self._prev_path.name + ".tmp")
+            try:
+                prev_tmp.unlink(missing_ok=True)
+                os.link(path, prev_tmp)
+                os.replace(prev_tmp, prev)
+            except FileNotFoundError:
+                pass  # the first save: nothing to keep
+            os.replace(tmp, path)
+        except OSError:
+            self.state_errors["save"] += 1
+            self._dirty = True  # try again on the next poll
+            tmp.unlink(missing_ok=True)  # a partial file must not hold the space of a full disk
+            raise
+        try:  # the renames survive a power loss too (best effort: not every file system allows it)
+            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
 
     # ---------------------------------------------------------------------------------- files
     def _discover(self) -> dict[tuple[int, int], tuple[str, str]]:
@@ -258,7 +433,7 @@ class LogTailer:
                         found.setdefault((st.st_dev, st.st_ino), (app, p))  # first app wins
         return found
 
-    def _open(self, app: str, path: str, key: tuple[int, int]) -> _File | None:
+    def _open(self, app: str, path: str, key: tuple[int, int], at_end: bool = False) -> _File | None:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -282,6 +457,17 @@ class LogTailer:
                 f.partial.context = dict(saved.get("context", {}))
             else:  # same inode, other content: the file was replaced or truncated while we were down
                 self._restart(f, st.st_size)
+        elif at_end and st.st_size:
+            # Positions lost (see _load_state): take the file up at its end, as `tail -F` does, so the lines
+            # before are not counted a second time. Inside an unfinished last line: skip the rest of it.
+            f.offset = st.st_size
+            try:
+                f.skipping = os.pread(fd, 1, st.st_size - 1) != b"\n"
+            except OSError:
+                pass
+            self._fingerprint_read(f)
+            self._dirty = True
+            log.warning("log positions unknown: %s taken up at its end, %d bytes not read", path, st.st_size)
         return f
 
     def _recover_renamed(self) -> None:
@@ -324,19 +510,34 @@ class LogTailer:
         del self.files[f.key]
 
     def close(self) -> None:
+        if self._dirty or self.quarantine.pending:
+            self._save()  # samples still queued count once written: save the counters with them
         for f in list(self.files.values()):
             os.close(f.fd)
         self.files.clear()
+
+    def _save(self) -> None:
+        """Flush the quarantine (its samples count once written), then save counters and positions.
+
+        A failed save (disk full) is counted (``state_errors["save"]``) and logged, not raised: reading goes
+        on from memory and the next poll saves again; a crash before that reads the lines since the last
+        good save again, onto the counters saved with it (each line counted once).
+        """
         self.quarantine.flush()
+        try:
+            self.save_state()
+        except OSError as e:
+            log.error("cannot save the log positions and counters to %s: %s", self.cfg.state_file, e)
 
     # ---------------------------------------------------------------------------------- reading
     def poll(self) -> None:
         first = not self.files and bool(self._saved_files)
+        at_end, self._at_end = self._at_end, False  # only the files there when the positions were lost
         found = self._discover()
         for key, (app, path) in found.items():
             f = self.files.get(key)
             if f is None:
-                f = self._open(app, path, key)
+                f = self._open(app, path, key, at_end)
                 if f is None:
                     continue
                 self.files[key] = f
@@ -362,9 +563,8 @@ class LogTailer:
                         self.parser.classifier.settle(self.stats[f.app], f.partial)
                 read_any[f.key] = read_any.get(f.key, 0) + n
                 progress = progress or n >= PASS_BYTES
-            self.quarantine.flush()
             if self._dirty:
-                self.save_state()
+                self._save()
             if not progress:
                 break
         for f in list(self.files.values()):
@@ -372,9 +572,8 @@ class LogTailer:
                 with self.lock:
                     self._close(f)
                 self._dirty = True
-        self.quarantine.flush()
         if self._dirty:
-            self.save_state()
+            self._save()
 
     def _changed(self, f: _File, size: int) -> str | None:
         """Why f's content is no longer what was read up to f.offset (None: it only grew, as far as we can see)."""
@@ -536,7 +735,7 @@ class LogTailer:
         offset = f.offset
         try:
             rows = msgspec.json.decode(data[:end])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # too deep: msgspec stops at the recursion limit
             rows = None
         with self.lock:
             if not isinstance(rows, list):
@@ -558,8 +757,8 @@ class LogTailer:
 
     def _reject(self, st: AppStats, f: _File, reason: str, offset: int, line: bytes) -> None:
         st.rejected[reason] = st.rejected.get(reason, 0) + 1
-        if self.quarantine.offer(f.app, reason, f.path, offset, line):
-            st.quarantined[reason] = st.quarantined.get(reason, 0) + 1
+        # counted in st.quarantined once written (Quarantine.flush -> _count_quarantined)
+        self.quarantine.offer(f.app, reason, f.path, offset, line)
 
     def unread_bytes(self) -> dict[str, int]:
         out = dict.fromkeys(self.stats, 0)
@@ -610,7 +809,24 @@ class LogsCollector:
             nfiles = dict.fromkeys(snap, 0)
             for f in t.files.values():
                 nfiles[f.app] += 1
+            state_errors, quarantine_errors = dict(t.state_errors), t.quarantine.write_errors
         yield from families(snap, nfiles, unread)
+        errors = CounterMetricFamily(
+            "fleetmon_logs_state_errors",
+            "Problems with logs.state_file by reason: corrupt (damaged: moved aside, the previous generation"
+            " used, or with none the files taken up at their end), unreadable (the same, but left in place),"
+            " save (could not be written; tried again at the next poll).",
+            labels=["reason"],
+        )
+        for reason in STATE_ERROR_REASONS:
+            errors.add_metric([reason], state_errors[reason])
+        yield errors
+        yield CounterMetricFamily(
+            "fleetmon_logs_quarantine_write_errors",
+            "Failed writes to logs.quarantine_file (their samples are dropped and not counted in"
+            " fleetmon_logs_quarantined_lines_total; the lines stay counted as rejected).",
+            value=quarantine_errors,
+        )
         if self.log_analytics is not None:
             yield from self.log_analytics.collect()
 

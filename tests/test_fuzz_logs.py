@@ -18,8 +18,8 @@ Properties, through the line parser as ``collectors/logs.py`` drives it (``LineP
 - Log Analytics rows (the SDK's own ``LogsTable`` from a fuzzed API answer, and end to end through the fake
   Azure of ``tests/fakes``): rows read = duplicates + rows counted + rows rejected by reason.
 
-Bugs found in modules owned elsewhere are pinned as strict xfail tests at the end of this file (each with the
-minimal input): fix the module, then drop the marker.
+Bugs found by the fuzzing are pinned as regression tests at the end of this file (each with the minimal
+input).
 """
 
 from __future__ import annotations
@@ -1016,9 +1016,9 @@ def test_log_analytics_rows_end_to_end_are_accounted(
             coll.close()
 
 
-# ------------------------------------------------------------------------------ bugs found (other modules)
-# Found by the fuzzing above, in modules other helpers own; the inputs are kept out of the strategies above
-# so those keep testing everything else. Each test fails today (strict xfail): fix the module, drop the marker.
+# ------------------------------------------------------------------------------ bugs found
+# Found by the fuzzing above; the inputs are kept out of the strategies above so those keep testing everything
+# else. Each test failed before its fix (RecursionError out of the parser and the tailer, NaN/+Inf gauges).
 # msgspec gives up at Python's recursion limit (1000 by default: a 2 KB line; 2048 while Hypothesis runs a
 # test, so the examples go deeper) and raises RecursionError. Still far below MAX_LINE.
 DEEP = 5_000
@@ -1035,12 +1035,6 @@ DEEP_LINES = st.builds(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="collectors/logformats.py and applines.py catch msgspec.DecodeError only: JSON nested 1000 deep "
-    "(a 2 KB line) raises RecursionError out of LineParser.feed, so the tailer's poll fails on that line forever",
-)
 @settings(FUZZ, max_examples=10)
 @example(b'{"log":' + _nested(DEEP) + b"}")
 @given(DEEP_LINES)
@@ -1049,12 +1043,6 @@ def test_deeply_nested_json_is_rejected_not_raised(line: bytes) -> None:
     assert feed_accounted(p, p.stats["api"], [line], PartialState()) == ["invalid_json"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RecursionError,
-    reason="collectors/logs.py _read_document catches msgspec.DecodeError only: a JSON array document nested "
-    "1000 deep raises RecursionError out of LogTailer.poll",
-)
 @settings(FUZZ, max_examples=5)
 @example(DEEP)
 @given(st.integers(DEEP, 3 * DEEP))
@@ -1064,13 +1052,6 @@ def test_a_deeply_nested_document_is_rejected_not_raised(depth: int) -> None:
         assert t.stats["api"].rejected["invalid_json"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="collectors/logformats.py _num takes 'nan', 'inf', '1e999' (as the az CLI strings numbers) for "
-    "numbers: ReplicaCount / MemoryUsage records with them are accepted and the replica and memory gauges "
-    "become NaN or +Inf; docs/formats.md says a record without a numeric value is invalid_record",
-)
 @settings(FUZZ, max_examples=20)
 @example("nan", "Replicas")
 @given(

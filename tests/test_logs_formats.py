@@ -280,3 +280,29 @@ def test_uvicorn_access_lines_in_azure_console_records() -> None:
     key = ("POST", "/api/{num}/mlflow/runs/search", "503")
     assert p.stats["mlflow"].requests == {key: 1}
     assert key in p.stats["mlflow"].last_error
+
+
+DEEP = "[" * 5000 + "]" * 5000  # deeper than msgspec goes (Python's recursion limit): a 10 KB line
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"log":' + DEEP.encode() + b"}",  # Docker's key, not its record: read as the app's own JSON
+        b'{"msg":' + DEEP.encode() + b"}",  # an app's JSON line (decoded as a dict first)
+        b'{"Log":' + DEEP.encode() + b"}",  # the union of Azure's records
+        b'{"TimeGenerated":"x","Log":' + DEEP.encode() + b"}",  # fleetmon's own exports
+        b'{"properties":' + DEEP.encode() + b"}",  # diagnostic settings
+    ],
+)
+def test_json_nested_too_deep_is_invalid_json_not_a_recursion_error(line: bytes) -> None:
+    p = LineParser(APPS)
+    assert feed(p, "api", line) == ["invalid_json"]
+
+
+@pytest.mark.parametrize("wrap", [docker, cri], ids=["docker", "cri"])
+def test_a_message_of_json_nested_too_deep_is_an_ordinary_line(wrap) -> None:  # type: ignore[no-untyped-def]
+    # the message of a good wrapper record is the app's output: read as text, never raising
+    p = LineParser(APPS)
+    assert feed(p, "api", wrap('{"a":' + DEEP + "}")) == [None]
+    assert sum(p.stats["api"].lines.values()) == 1

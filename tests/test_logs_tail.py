@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -239,16 +241,223 @@ def test_unfinished_last_line_of_a_rotated_file_is_a_partial_line(tmp_path: Path
         t.close()
 
 
-def test_corrupt_state_file_is_set_aside(tmp_path: Path, logdir: Path) -> None:
+def scrape(t: LogTailer, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """One sample of the tailer's exposition (through LogsCollector.collect)."""
+    coll = LogsCollector(Config(platform=PlatformConfig(logs=t.cfg)))
+    coll.tailer.close()
+    coll.tailer = t
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(coll)
+    return reg.get_sample_value(name, labels or {})
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:40] + b"\x00garbage")  # torn in the middle, as a bad disk leaves it
+
+
+def test_a_corrupt_state_file_is_set_aside_counted_and_the_previous_generation_used(
+    tmp_path: Path, logdir: Path
+) -> None:
+    f = logdir / "app.log"
+    cfg = cfg_for(tmp_path)
+    append(f, "".join(docker_access(i) for i in range(10)))
+    t = run(cfg)
+    append(f, "".join(docker_access(i) for i in range(10, 15)))
+    t.poll()  # second save: the first one is kept as positions.prev.json
+    t.close()
+    assert cfg.state_file.with_name("positions.prev.json").exists()
+    corrupt(cfg.state_file)
+    append(f, "".join(docker_access(i) for i in range(15, 18)))
+    t = run(cfg)
+    try:
+        assert requests_total(t) == 18  # every line written, each counted once
+        assert t.stats["gateway"].bytes == f.stat().st_size
+        assert t.state_errors == {"corrupt": 1, "unreadable": 0, "save": 0}
+        assert scrape(t, "fleetmon_logs_state_errors_total", {"reason": "corrupt"}) == 1
+        (aside,) = cfg.state_file.parent.glob("positions.json.corrupt-*")  # kept for an operator
+        assert aside.read_bytes().endswith(b"\x00garbage")
+        assert json.loads(cfg.state_file.read_text())["version"] == 1  # a good file in its place
+    finally:
+        t.close()
+
+
+def test_with_no_usable_state_files_are_taken_up_at_their_end_not_counted_twice(
+    tmp_path: Path, logdir: Path
+) -> None:
+    f = logdir / "app.log"
+    cfg = cfg_for(tmp_path)
+    append(f, "".join(docker_access(i) for i in range(10)))
+    t = run(cfg)
+    append(f, "".join(docker_access(i) for i in range(10, 15)))
+    t.poll()
+    t.close()
+    corrupt(cfg.state_file)
+    corrupt(cfg.state_file.with_name("positions.prev.json"))
+    half = docker_access(15)
+    append(f, half[:30])  # the writer is inside a line when the exporter restarts
+    t = run(cfg)
+    try:
+        # Counters restart at 0 (a counter reset for rate()); the 15 lines before are not counted again.
+        assert requests_total(t) == 0
+        assert t.state_errors["corrupt"] == 1
+        assert scrape(t, "fleetmon_logs_state_errors_total", {"reason": "corrupt"}) == 1
+        append(f, half[30:] + docker_access(16) + docker_access(17))
+        (logdir / "new.log").write_text(docker_access(18))  # a file first seen later is read from its start
+        t.poll()
+        assert requests_total(t) == 3  # 16, 17 and the new file's line; the rest of 15 skipped, not rejected
+        assert sum(t.stats["gateway"].rejected.values()) == 0
+        # total over the restart: 15 before + 3 after = 18 of the 19 lines written, none counted twice
+    finally:
+        t.close()
+    t = run(cfg)  # the next restart continues normally
+    try:
+        assert requests_total(t) == 3 and t.state_errors["corrupt"] == 0
+    finally:
+        t.close()
+
+
+def test_a_state_file_nested_too_deep_is_corrupt_not_raised(tmp_path: Path, logdir: Path) -> None:
     append(logdir / "app.log", docker_access(0))
     cfg = cfg_for(tmp_path)
     cfg.state_file.parent.mkdir(parents=True)
-    cfg.state_file.write_text("{not json")
+    cfg.state_file.write_bytes(b"[" * 100_000)  # json.loads raises RecursionError, not ValueError
     t = run(cfg)
     try:
-        assert requests_total(t) == 1
-        assert cfg.state_file.with_name("positions.json.corrupt").exists()
-        assert json.loads(cfg.state_file.read_text())["version"] == 1
+        assert t.state_errors["corrupt"] == 1 and requests_total(t) == 0
+    finally:
+        t.close()
+
+
+def test_an_unreadable_state_file_is_counted(tmp_path: Path, logdir: Path) -> None:
+    append(logdir / "app.log", docker_access(0))
+    cfg = cfg_for(tmp_path)
+    cfg.state_file.mkdir(parents=True)  # reading it fails with EISDIR (as with EACCES or EIO)
+    t = run(cfg)
+    try:
+        assert t.state_errors["unreadable"] == 1 and requests_total(t) == 0  # taken up at the end
+        assert t.state_errors["save"] >= 1  # a directory cannot be replaced by the file: counted, not raised
+    finally:
+        t.close()
+
+
+def test_a_state_save_killed_midway_leaves_the_previous_file(
+    tmp_path: Path, logdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = logdir / "app.log"
+    cfg = cfg_for(tmp_path)
+    append(f, "".join(docker_access(i) for i in range(10)))
+    t = run(cfg)
+    before = cfg.state_file.read_bytes()
+    append(f, "".join(docker_access(i) for i in range(10, 15)))
+
+    def fail(fd: int) -> None:  # the save dies after writing, before the rename (as kill -9 would)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    t.poll()  # does not raise: counted, and kept dirty to be saved again
+    assert t.state_errors["save"] == 2  # after the pass and at the end of the poll
+    assert cfg.state_file.read_bytes() == before  # the last complete file, untouched
+    assert not cfg.state_file.with_name("positions.json.tmp").exists()  # no partial file left behind
+    monkeypatch.undo()
+    t2 = LogTailer(cfg)  # a crash now: the last complete file, 10 lines, positions after them
+    t2.poll()
+    try:
+        assert requests_total(t2) == 15 and t2.state_errors["corrupt"] == 0
+    finally:
+        t2.close()
+        t.close()
+
+
+BAD = b"2026-11-22T10:00:00.123456789Z stdout X " + b"y" * 1000 + b"\n"  # unknown_format, a 1 KB sample
+
+
+def samples_in(cfg: LogsConfig) -> int:
+    q = cfg.quarantine_file
+    lines = q.read_text().splitlines() if q.exists() else []
+    assert all(json.loads(x)["reason"] == "unknown_format" for x in lines)  # whole samples only
+    return len(lines)
+
+
+def test_quarantine_samples_count_only_once_written(
+    tmp_path: Path, logdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = logdir / "app.log"
+    cfg = cfg_for(tmp_path)
+    append(f, BAD * 4)
+    real_write = os.write
+    calls = []
+
+    def disk_full(fd: int, data: bytes) -> int:  # the disk fills up in the middle of the samples
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:1500]))  # a short write: one sample and a half
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_full)
+    t = run(cfg)  # must not raise
+    monkeypatch.undo()
+    try:
+        st = t.stats["gateway"]
+        assert st.rejected["unknown_format"] == 4  # the lines stay counted as rejected ...
+        # ... the whole sample that fit is in the file and counted, the rest are dropped, not counted
+        assert st.quarantined["unknown_format"] == 1 == samples_in(cfg)
+        assert t.quarantine.write_errors == 1
+        assert scrape(t, "fleetmon_logs_quarantine_write_errors_total") == 1
+        append(f, BAD * 3)  # space is back
+        t.poll()
+        assert st.quarantined["unknown_format"] == 4 == samples_in(cfg)
+    finally:
+        t.close()
+    t = run(cfg)  # both counters survive a restart
+    try:
+        assert t.quarantine.write_errors == 1 and t.stats["gateway"].quarantined["unknown_format"] == 4
+    finally:
+        t.close()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=True)
+
+
+def test_quarantine_on_a_full_disk_counts_what_is_in_the_file_and_recovers(
+    tmp_path: Path, logdir: Path, tiny_tmpfs: Path
+) -> None:
+    f = logdir / "app.log"
+    cfg = cfg_for(tmp_path)
+    cfg.quarantine_file = tiny_tmpfs / "logs.jsonl"
+    filler = tiny_tmpfs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill the disk but for about 4 KB: a few samples fit, not ten
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    os.truncate(filler, filler.stat().st_size - 4096)
+    append(f, BAD * 10)
+    t = run(cfg)
+    try:
+        st = t.stats["gateway"]
+        assert st.rejected["unknown_format"] == 10
+        assert 0 < st.quarantined["unknown_format"] == samples_in(cfg) < 10  # what fit, no partial sample
+        assert t.quarantine.write_errors == 1
+        filler.unlink()  # space is back: the next samples are written and counted
+        t.quarantine.burst = t.quarantine.rate = 1e9  # no rate limit in the way
+        append(f, BAD * 10)
+        t.poll()
+        assert st.quarantined["unknown_format"] == samples_in(cfg) >= 10
     finally:
         t.close()
 
