@@ -658,8 +658,8 @@ class LogAnalyticsSource:
                     t: _TableState.from_dict(d) for t, d in dict(unsaved["prev"]).items() if t in self.state
                 }
                 added = {t: [str(k) for k in keys] for t, keys in dict(unsaved["added"]).items()}
-        except (msgspec.DecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
-            self._corrupt(str(e))
+        except (msgspec.DecodeError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+            self._corrupt(str(e) or type(e).__name__)  # RecursionError: JSON nested too deep
             return
         self.state.update(state)
         self.seen.update(seen)
@@ -682,7 +682,7 @@ class LogAnalyticsSource:
         """When the tailer last wrote its state file (None: never, or unreadable)."""
         try:
             v = msgspec.json.decode(self.tailer.cfg.state_file.read_bytes()).get("saved_at")
-        except (OSError, msgspec.DecodeError, AttributeError):
+        except (OSError, msgspec.DecodeError, AttributeError, RecursionError):
             return None
         return float(v) if isinstance(v, int | float) else None
 

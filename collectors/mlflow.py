@@ -368,7 +368,7 @@ class MlflowCollector:
                     flavors = [f for f in model.get("flavors", {}) if f != "python_function"]
                     if flavors:
                         return str(flavors[0])
-            except (ValueError, TypeError, AttributeError):
+            except (ValueError, TypeError, AttributeError, RecursionError):  # a tag is the client's text
                 pass
         return ""
 
@@ -716,7 +716,7 @@ def _read_quarantined(path: Path) -> set[tuple[str, str, str]]:
                 try:
                     q = json.loads(line)
                     seen.add((q["kind"], q["id"], q["reason"]))
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, RecursionError):
                     continue
     except OSError:
         pass

@@ -141,7 +141,7 @@ class MlflowRest:
                 )
             try:
                 data = json.loads(content)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python's limit
                 last = f"malformed JSON from {shown}"
                 continue
             if not isinstance(data, dict):

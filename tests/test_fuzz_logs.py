@@ -1048,8 +1048,21 @@ def test_deeply_nested_json_is_rejected_not_raised(line: bytes) -> None:
 @given(st.integers(DEEP, 3 * DEEP))
 def test_a_deeply_nested_document_is_rejected_not_raised(depth: int) -> None:
     with tempfile.TemporaryDirectory() as d:
-        t, _ = read_whole_file(Path(d), b"[\n" + _nested(depth) + b"\n]\n")
+        t, cfg = read_whole_file(Path(d), b"[\n" + _nested(depth) + b"\n]\n")
         assert t.stats["api"].rejected["invalid_json"] == 1
+        assert quarantined(cfg) == {"invalid_json": 1}  # sampled like any rejected line
+        assert_quarantine_matches(t, cfg)
+
+
+def test_deeply_nested_lines_in_a_file_are_rejected_and_quarantined_and_reading_goes_on() -> None:
+    good = b'{"log":"ok\\n","stream":"stdout","time":"2026-11-22T10:00:00Z"}'
+    deep = [head + _nested(DEEP) + b"}" for head in (b'{"log":', b'{"msg":', b'{"Log":')]
+    with tempfile.TemporaryDirectory() as d:
+        t, cfg = read_whole_file(Path(d), b"".join(line + b"\n" for line in [good, *deep, good]))
+        st_ = t.stats["api"]
+        assert st_.rejected["invalid_json"] == 3 and st_.lines == {"docker": 2}
+        assert quarantined(cfg) == {"invalid_json": 3}
+        assert_quarantine_matches(t, cfg)
 
 
 @settings(FUZZ, max_examples=20)

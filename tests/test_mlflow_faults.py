@@ -56,6 +56,8 @@ class FaultProxy:
                     return self._send(500, b'{"error_code": "INTERNAL_ERROR", "message": "boom"}')
                 if mode == "garbage":
                     return self._send(200, b"<html>502 bad gateway, but with status 200</html>")
+                if mode == "deep":  # JSON nested deeper than Python's recursion limit
+                    return self._send(200, b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
                 if mode == "slow":
                     time.sleep(proxy.slow_seconds)
                 with requests.Session() as s:
@@ -173,6 +175,9 @@ def test_5xx_garbage_and_slow_answers(
         assert "HTTP 500" in errors[0].getMessage() and "experiments" in errors[0].getMessage()
 
         proxy.mode = "garbage"
+        assert not exp.poll_once("mlflow")
+        assert "malformed JSON" in caplog.records[-1].getMessage()
+        proxy.mode = "deep"
         assert not exp.poll_once("mlflow")
         assert "malformed JSON" in caplog.records[-1].getMessage()
         proxy.mode = "slow"
