@@ -291,7 +291,13 @@ class Soak:
         names += [s.name or "" for s in o.sql]
         out = [q(f"rows:{n}", "outputs", "fleetmon_outputs_rows_read_total", source=n) for n in names]
         out += [
-            q("accepted:predictions", "outputs", "fleetmon_model_predictions_total"),
+            # Shadow rows of challengers are accepted too, counted apart from what the model serves.
+            q(
+                "accepted:predictions",
+                "outputs",
+                "fleetmon_model_predictions_total",
+                "fleetmon_model_shadow_predictions_total",
+            ),
             q("accepted:actuals", "outputs", "fleetmon_building_actuals_total"),
             q("rejected:predictions", "outputs", "fleetmon_outputs_rows_rejected_total", kind="predictions"),
             q("rejected:actuals", "outputs", "fleetmon_outputs_rows_rejected_total", kind="actuals"),

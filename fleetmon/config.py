@@ -559,6 +559,9 @@ class DemoConfig(_Model):
     # Wall seconds an incident lasts, [min, max] (default: 8 to 14 minutes at the demo's time scale).
     # Tests shorten it so alerts fire and resolve within a short run.
     incident_duration_seconds: tuple[float, float] | None = None
+    # Share of the forecasters outside the quiet buildings that run a challenger version beside the
+    # champion (shadow predictions, alias "challenger"; half of them truly better). 0: none.
+    challenger_share: float = Field(default=0.25, ge=0, le=1)
 
     @field_validator("incident_duration_seconds")
     @classmethod

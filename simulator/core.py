@@ -5,7 +5,8 @@ Layout under ``demo.output_dir`` (``docs/formats.md``):
 - ``outputs/predictions/predictions-<time>.jsonl``: every model's record for one simulated hour;
 - ``outputs/actuals/actuals-<time>.jsonl``: the measured hours that arrive then (2-4 hours late);
 - ``logs/<app>/...``: container logs (``simulator.logs``);
-- ``ground_truth.jsonl``: the incidents, written when scheduled (``simulator.incidents``);
+- ``ground_truth.jsonl``: the incidents, written when scheduled (``simulator.incidents``), and the
+  challenger versions (``simulator.world.Challenger``);
 - ``simulator.json``: start time, interval and seed of the running simulation.
 
 Simulated hour ``k`` is the wall instant ``k * interval`` (interval = 3600 / time_scale). At start-up the
@@ -39,7 +40,7 @@ from simulator.incidents import Incident, Schedule, error_factor
 from simulator.ledger import FILE_NAME as LEDGER_FILE
 from simulator.ledger import Ledger
 from simulator.logs import DEFAULT_MAX_BYTES, Platform
-from simulator.world import Effects, World, rfc3339
+from simulator.world import Effects, World, choose_challengers, rfc3339
 
 log = logging.getLogger("fleetmon.demo")
 
@@ -99,6 +100,11 @@ class Simulator:
             self.out / "ground_truth.jsonl",
             demo.incident_duration_seconds,
         )
+        # Forecasters running a challenger beside the champion: never in a quiet building (those stay silent).
+        self.world.challengers = choose_challengers(
+            cfg.fleet, demo.seed, demo.challenger_share, set(self.schedule.quiet)
+        )
+        self._challengers_recorded = False
         self.ledger = Ledger(self.out / LEDGER_FILE)  # what was written, counted as it is written
         self.platform = Platform(
             self.out / "logs", self.world.models, demo.seed, log_max_bytes, ledger=self.ledger
@@ -161,6 +167,13 @@ class Simulator:
     def step(self, now: float) -> None:
         """Advance to wall time ``now``: incidents, output files, logs, training jobs."""
         self.schedule.advance(now)
+        if not self._challengers_recorded:
+            # After the first wave's records (a reader waiting for incidents finds them first), once per run
+            # like the quiet-buildings record.
+            for i, ch in enumerate(self.world.challengers.values()):
+                rid = f"challenger-{self.schedule.start_stamp()}-{i + 1:02d}"
+                self.schedule.write_record(ch.record(rid, self.t_of(self.first_k)))
+            self._challengers_recorded = True
         k_now = self.k_at(now)
         while self.next_pred_k <= k_now:
             k = self.next_pred_k

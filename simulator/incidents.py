@@ -10,7 +10,9 @@ gateway, so wave 0's latency spike is on model-serving).
 
 A share of buildings (about 40 % of each customer's, at least one when the customer has two or more) is
 *quiet*: no incident ever targets them, so an end-to-end test can check that they raise nothing. The first
-ground-truth record (kind ``quiet_buildings``) lists them.
+ground-truth record (kind ``quiet_buildings``) lists them. The simulator adds one record of kind
+``challenger`` per forecaster running a challenger version (``simulator.world.Challenger``; never in a quiet
+building), after the first wave: readers of the incidents skip that kind.
 
 Everything is decided by ``random.Random(f"{seed}:...")`` streams: the same seed, fleet and start time give
 the same schedule, whenever a wave happens to be generated.
@@ -171,6 +173,11 @@ class Schedule:
                 if rid.startswith("inc-") and rid[4:].isdigit():
                     top = max(top, int(rid[4:]))
         return top
+
+    def write_record(self, rec: dict[str, Any]) -> None:
+        """Append another ground-truth record (e.g. a challenger's); nothing without a ground-truth file."""
+        if self.path is not None:
+            self._write(rec)
 
     def _write(self, rec: dict[str, Any]) -> None:
         assert self.path is not None

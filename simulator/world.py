@@ -15,11 +15,19 @@ simulated calendar (hour of day, weekday, season) runs ``time_scale`` times fast
 - forecasters predict the expected consumption from the features they are given (so a drifted input
   feature also hurts the forecast), with a small per-model bias and noise; anomaly detectors compare the
   measured hour with their expectation and give a score in 0..1 and a flag.
+- model versions: every forecaster row names the version it comes from (``model_version``
+  ``CHAMPION_VERSION``, ``alias: "champion"``; the simulator's own numbering, not read from the MLflow
+  registry, whose versions move with live training). A few forecasters (``demo.challenger_share``, never in
+  a quiet building) also run a challenger, version ``CHAMPION_VERSION + 1``, beside it: a shadow row
+  (``alias: "challenger"``) for the same target whose error is ``CHALLENGER_NOISE`` times the champion's
+  (truly better for half of them, worse for the others). The ground truth (``Challenger.record``) says
+  which is which.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +53,16 @@ HEATING_PER_M3_K = 0.00042
 BALANCE_POINT_C = 17.0
 ANOMALY_PROBABILITY = 0.01
 ANOMALY_FLAG_THRESHOLD = 0.5
+# Model versions of the forecasters' rows (see the module docstring).
+CHAMPION_VERSION = 1
+# A challenger's error as a multiple of its champion's: better -> 0.4x, worse -> 1.5x (the champion's bias,
+# noise and incident effects, and the part of the measured hour's own variation it misses). A true anomaly
+# (1 % of hours) surprises both alike: that hour the challenger forecasts what the champion does. Why not
+# independent noise: with squared loss the few anomaly hours (errors ~20x the usual) would decide the loss
+# differential, and a Diebold-Mariano test on a few days of targets could not tell a better challenger
+# from chance. This way a better one's squared loss is lower by 84 % on every other hour (~20-84 % over a
+# window with anomalies), past outputs.versions' margin (5 %) at p << alpha (0.05).
+CHALLENGER_NOISE = {True: 0.4, False: 1.5}
 
 
 def stable_hash(*parts: object) -> int:
@@ -68,6 +86,55 @@ class Effects:
     stale: set[ModelKey] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Challenger:
+    """A challenger version a forecaster runs beside its champion (shadow predictions)."""
+
+    key: ModelKey
+    better: bool  # truly better than the champion (smaller noise), else worse
+    champion_version: int = CHAMPION_VERSION
+    challenger_version: int = CHAMPION_VERSION + 1
+
+    @property
+    def noise_factor(self) -> float:
+        return CHALLENGER_NOISE[self.better]
+
+    def record(self, rid: str, start: float) -> dict[str, Any]:
+        """Its ground-truth record (the format of ``simulator.incidents.Incident.record``): from ``start``
+        (the first simulated hour written), no end."""
+        return {
+            "id": rid,
+            "kind": "challenger",
+            **self.key.labels(),
+            "app": None,
+            "start": rfc3339(start),
+            "end": None,
+            "detail": {
+                "champion_version": self.champion_version,
+                "challenger_version": self.challenger_version,
+                "better": self.better,
+                "noise_factor": self.noise_factor,
+            },
+        }
+
+
+def choose_challengers(
+    fleet: FleetConfig, seed: int, share: float, exclude: set[tuple[str, str]]
+) -> dict[ModelKey, Challenger]:
+    """Forecasters that run a challenger: ``share`` of those outside the buildings ``exclude`` (the quiet
+    ones; at least one when ``share`` > 0), half of them (rounded up) with a better challenger."""
+    cands = [
+        m for m in fleet.models() if fleet.is_forecaster(m.model) and (m.customer, m.building) not in exclude
+    ]
+    if share <= 0 or not cands:
+        return {}
+    rng = random.Random(f"{seed}:challengers")
+    chosen = rng.sample(cands, min(len(cands), max(1, round(share * len(cands)))))
+    n_better = (len(chosen) + 1) // 2  # the sample's order is random: its first half is better
+    better = {m: i < n_better for i, m in enumerate(chosen)}
+    return {m: Challenger(m, better=better[m]) for m in cands if m in better}  # in fleet order
+
+
 @dataclass
 class StepTruth:
     k: int
@@ -75,6 +142,7 @@ class StepTruth:
     expected: dict[str, np.ndarray]  # energy -> expected consumption per building (kWh)
     actual: dict[str, np.ndarray]  # energy -> measured consumption per building (kWh)
     anomaly: dict[str, np.ndarray]  # energy -> bool per building: a true anomaly this hour
+    regular: dict[str, np.ndarray]  # energy -> the measured hour without its anomaly (expected x noise)
 
 
 def _occupancy_profile(btype: str, hour: int, dow: int, doy: int) -> float:
@@ -153,6 +221,8 @@ class World:
             for m in self.models
         }
         self._typical: dict[str, np.ndarray] = {}
+        # forecasters running a challenger version beside the champion (set by the simulator)
+        self.challengers: dict[ModelKey, Challenger] = {}
 
     # ---------------------------------------------------------------------------------- truth
     def truth(self, k: int) -> StepTruth:
@@ -206,6 +276,7 @@ class World:
         expected: dict[str, np.ndarray] = {}
         actual: dict[str, np.ndarray] = {}
         anomaly: dict[str, np.ndarray] = {}
+        regular: dict[str, np.ndarray] = {}
         for e in sorted({e for es in self.energies.values() for e in es}):
             exp = self.expected(e, features)
             noise = rng.lognormal(0.0, 0.04, n)
@@ -216,7 +287,8 @@ class World:
             expected[e] = exp
             actual[e] = np.round(exp * noise * np.where(is_anom, factor, 1.0), 3)
             anomaly[e] = is_anom
-        return StepTruth(k, features, expected, actual, anomaly)
+            regular[e] = exp * noise
+        return StepTruth(k, features, expected, actual, anomaly, regular)
 
     def expected(
         self, energy: str, f: dict[str, np.ndarray], idx: slice | np.ndarray | None = None
@@ -286,7 +358,11 @@ class World:
                 noise = self.model_noise[m] * factor
                 pred = seen * (1.0 + self.model_bias[m]) * factor * (1.0 + noise * draws[mi, 1])
                 rec.update(
-                    made_at=made_forecast, target_time=target, prediction=round(float(max(0.0, pred)), 3)
+                    made_at=made_forecast,
+                    target_time=target,
+                    prediction=round(float(max(0.0, pred)), 3),
+                    model_version=CHAMPION_VERSION,
+                    alias="champion",
                 )
             feats_out: dict[str, float | int] = dict(feats)
             for f in ("hour_of_day", "day_of_week"):
@@ -294,6 +370,25 @@ class World:
                     feats_out[f] = int(feats_out[f])
             rec["features"] = feats_out
             out.append(rec)
+            ch = self.challengers.get(m)
+            if ch is not None and "prediction" in rec:
+                # Its error on the measured hour is noise_factor x the champion's (same inputs, same
+                # incident effects); a true anomaly surprises both alike: the same forecast that hour.
+                pred = float(rec["prediction"])
+                if not truth.anomaly[m.energy][bi]:
+                    regular = float(truth.regular[m.energy][bi])
+                    pred = regular + ch.noise_factor * (pred - regular)
+                out.append(
+                    {
+                        **m.labels(),
+                        "made_at": made_forecast,
+                        "target_time": target,
+                        "prediction": round(float(max(0.0, pred)), 3),
+                        "model_version": ch.challenger_version,
+                        "alias": "challenger",
+                        "features": feats_out,
+                    }
+                )
         return out
 
     def actual_records(self, j: int, interval: float, first_k: int) -> list[dict[str, Any]]:

@@ -82,12 +82,13 @@ class Run:
         self.sim = sim
         self.truth = read_jsonl(out / "ground_truth.jsonl")
         self.incidents = [r for r in self.truth if r["kind"] in KINDS]
+        # what the models serve; a challenger's shadow rows (tests/test_simulator_versions.py) apart
         self.preds: dict[ModelKey, list[dict[str, Any]]] = defaultdict(list)
+        self.shadow: dict[ModelKey, list[dict[str, Any]]] = defaultdict(list)
         for p in sorted((out / "outputs" / "predictions").glob("*.jsonl")):
             for r in read_jsonl(p):
-                self.preds[ModelKey(**{k: r[k] for k in ("customer", "building", "energy", "model")})].append(
-                    r
-                )
+                rows = self.preds if r.get("alias", "champion") == "champion" else self.shadow
+                rows[ModelKey(**{k: r[k] for k in ("customer", "building", "energy", "model")})].append(r)
         self.actuals: dict[tuple[str, str, str, str], float] = {}
         for p in sorted((out / "outputs" / "actuals").glob("*.jsonl")):
             for r in read_jsonl(p):
@@ -126,8 +127,18 @@ def test_prediction_and_actual_files_follow_the_contract(run: Run) -> None:
             assert all(isinstance(v, int | float) for v in r["features"].values())
             assert ts(r["made_at"]) <= ts(r["target_time"]) <= end
             if key.model == "forecast":
-                assert set(r) == {*key.labels(), "made_at", "target_time", "prediction", "features"}
+                assert set(r) == {
+                    *key.labels(),
+                    "made_at",
+                    "target_time",
+                    "prediction",
+                    "model_version",
+                    "alias",
+                    "features",
+                }
                 assert isinstance(r["prediction"], float) and r["prediction"] >= 0
+                assert (r["model_version"], r["alias"]) in ((1, "champion"), (2, "challenger"))
+                assert r["alias"] == "champion" or key in run.sim.world.challengers
             else:
                 assert set(r) == {
                     *key.labels(),

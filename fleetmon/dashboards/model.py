@@ -1,5 +1,6 @@
 """Model detail: drift per feature, quality over time, freshness and volume, data quality, versions and
-aliases, training history, and a link to the Evidently HTML report of this building and model."""
+aliases, champion against challengers on live actuals, training history, and a link to the Evidently HTML
+report of this building and model."""
 
 from __future__ import annotations
 
@@ -366,6 +367,62 @@ def build() -> dashboard.Dashboard:
             w=12,
             h=7,
             description="which version each alias points to, over time (a step = a promotion)",
+        )
+    )
+
+    # Champion against challengers on the same matured targets (outputs.versions, docs/metrics.md "Model
+    # versions"): only models whose predictions carry a second version (shadow rows) have these series.
+    d = d.with_row(row("Versions on live actuals"))
+    ver = {metric: m(f"fleetmon_model_version_{metric}_joules", s) for metric in ("mae", "rmse")}
+    d = d.with_panel(
+        ts(
+            "Error by version (kWh)",
+            [
+                q(f"{ver['mae']} / {KWH}", "MAE v{{version}} {{alias}}"),
+                q(f"{ver['rmse']} / {KWH}", "RMSE v{{version}} {{alias}}"),
+            ],
+            w=12,
+            h=8,
+            unit="kwatth",
+            description="each version's MAE and RMSE on the targets every version of the model predicted "
+            "(outputs.versions.window_seconds, matured, with an actual); empty for a model with one version",
+        )
+    )
+    verdict = "max by (champion_version, challenger_version) "
+    d = d.with_panel(
+        table_panel(
+            "Challenger verdict",
+            [
+                q(
+                    verdict + f"({m('fleetmon_model_challenger_outperforms', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
+                q(
+                    verdict + f"({m('fleetmon_model_challenger_loss_improvement_ratio', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
+                q(
+                    verdict + f"({m('fleetmon_model_challenger_dm_pvalue', s)})",
+                    instant=True,
+                    table_format=True,
+                ),
+            ],
+            w=12,
+            h=8,
+            description="each challenger against the champion on the targets both predicted: outperforms (1 = "
+            "loss lower by more than the margin, enough targets, Diebold-Mariano p below alpha; what "
+            "ChallengerOutperformsChampion alerts on), the loss improvement (negative = worse) and the p-value",
+            rename={
+                "champion_version": "champion",
+                "challenger_version": "challenger",
+                "Value #A": "outperforms",
+                "Value #B": "loss improvement",
+                "Value #C": "DM p-value",
+            },
+            units={"Value #B": "percentunit"},
+            sort_by="challenger",
         )
     )
 
