@@ -602,6 +602,59 @@ class StackConfig(_Model):
     webhook_web_config_file: Path | None = None
 
 
+# ------------------------------------------------------------------------------------------ actions
+class RetrainActionConfig(_Model):
+    """Retraining requests posted to a training API when an alert says a model needs it."""
+
+    enabled: bool = False
+    # true: only say (log line, audit file, metric) what would be requested.
+    dry_run: bool = True
+    # The training API's endpoint (docs/formats.md "Training API"); required when enabled.
+    url: str | None = None
+    # Firing alerts (by name) that ask for a retraining of their model.
+    alerts: list[str] = Field(default_factory=lambda: ["ModelDataDrift", "ModelErrorAboveBaseline"])
+    # At most one request per model in this many seconds (Alertmanager repeats; both severities of an alert).
+    min_interval_seconds: float = Field(default=6 * 3600, ge=0)
+    # At most this many requests in any hour, fleet-wide (a fleet-wide incident must not retrain everything).
+    max_per_hour: int = Field(default=20, ge=0)
+    timeout_seconds: float = Field(default=10, gt=0)
+    # A file holding a bearer token for the training API; a CA bundle to trust for https.
+    token_file: Path | None = None
+    ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _url(self) -> RetrainActionConfig:
+        if self.enabled and not self.url:
+            raise ValueError("url is required when retrain is enabled")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be an http:// or https:// URL")
+        return self
+
+
+class PromoteActionConfig(_Model):
+    """Moving the champion alias in MLflow to a challenger that has outperformed it long enough."""
+
+    enabled: bool = False
+    # true: only say what would be promoted.
+    dry_run: bool = True
+    # The firing alert that carries the verdict (labels champion_version, challenger_version).
+    alert: str = "ChallengerOutperformsChampion"
+    # The verdict must have held this long (seconds since the alert's startsAt) before the alias moves.
+    hold_seconds: float = Field(default=3600, ge=0)
+    alias: str = "champion"
+    # At most one promotion per model in this many seconds, and this many in any hour fleet-wide.
+    min_interval_seconds: float = Field(default=24 * 3600, ge=0)
+    max_per_hour: int = Field(default=5, ge=0)
+
+
+class ActionsConfig(_Model):
+    """What the webhook receiver does with the alerts routed to its ``/actions`` endpoint
+    (docs/alerting.md "Actions"). Off by default; each action dry-runs first."""
+
+    retrain: RetrainActionConfig = Field(default_factory=RetrainActionConfig)
+    promote: PromoteActionConfig = Field(default_factory=PromoteActionConfig)
+
+
 class Config(_Model):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
@@ -609,6 +662,7 @@ class Config(_Model):
     platform: PlatformConfig = Field(default_factory=PlatformConfig)
     demo: DemoConfig = Field(default_factory=DemoConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
+    actions: ActionsConfig = Field(default_factory=ActionsConfig)
     # The file it was read from (None when built in code).
     source: Path | None = Field(default=None, exclude=True)
 

@@ -5,6 +5,9 @@ is appended, with the time it arrived, as one JSON line to ``<data-dir>/notifica
 memory; on start-up the file is read back, so notifications survive a restart.
 
 - ``POST /alerts``        receive a notification (``POST /`` is accepted too)
+- ``POST /actions``       alerts to act on (retraining requests, promotion: ``fleetmon.actions``); checked
+                          like a notification, not stored with them, decided on a worker thread
+- ``GET /actions``        the newest decisions (``?limit=N``, default 200), oldest first: the audit trail
 - ``GET /notifications``  the stored notifications as a JSON array, oldest first
                           (``?limit=N`` the newest N; ``?status=firing|resolved``; ``?alertname=X``)
 - ``GET /``               the same as a readable HTML page, newest first
@@ -44,6 +47,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from fleetmon.actions import Actions
 from fleetmon.webconfig import WebServing, WebThreadingHTTPServer, guard_handler, resolve
 
 log = logging.getLogger(__name__)
@@ -284,11 +288,19 @@ class Receiver:
     """The HTTP server around a ``Store``; ``start()`` serves in a thread, ``close()`` stops it."""
 
     def __init__(
-        self, data_dir: Path, host: str = "127.0.0.1", port: int = 9704, web: WebServing | None = None
+        self,
+        data_dir: Path,
+        host: str = "127.0.0.1",
+        port: int = 9704,
+        web: WebServing | None = None,
+        actions: Actions | None = None,
     ) -> None:
         self.store = Store(data_dir)
+        self.actions = actions
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_MetricsCollector(self.store))
+        if actions is not None:
+            self.registry.register(actions)
         self.web = web
         self.httpd: ThreadingHTTPServer
         if web is None:
@@ -306,6 +318,8 @@ class Receiver:
         return int(self.httpd.server_address[1])
 
     def start(self) -> Receiver:
+        if self.actions is not None:
+            self.actions.start()
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="webhook-http", daemon=True)
         self._thread.start()
         return self
@@ -316,6 +330,8 @@ class Receiver:
             self._thread.join(timeout=5)
             self._thread = None
         self.httpd.server_close()
+        if self.actions is not None:
+            self.actions.close()
 
     def __enter__(self) -> Receiver:
         return self
@@ -345,8 +361,8 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
-            if path not in ("/alerts", "/"):
-                self._json(404, {"error": "POST notifications to /alerts"})
+            if path not in ("/alerts", "/", "/actions"):
+                self._json(404, {"error": "POST notifications to /alerts, alerts to act on to /actions"})
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -375,8 +391,23 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 store.reject(e.reason, e.detail, body)
                 self._json(400, {"error": e.reason, "detail": e.detail})
                 return
+            if path == "/actions":
+                self._act(payload)
+                return
             store.add(payload)
             self._json(200, {"status": "stored"})
+
+        def _act(self, payload: dict[str, Any]) -> None:
+            actions = receiver.actions
+            if actions is None:
+                self._json(404, {"error": "no actions configured"})
+                return
+            for alert in payload["alerts"]:
+                if not actions.submit(alert):
+                    # Alertmanager retries a 5xx; what was queued before is decided once (deduplicated).
+                    self._json(503, {"error": "actions queue full"})
+                    return
+            self._json(200, {"status": "queued", "alerts": len(payload["alerts"])})
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
@@ -392,6 +423,14 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                     self._json(400, {"error": "limit must be an integer"})
                     return
                 self._json(200, store.query(limit, q.get("status"), q.get("alertname")))
+            elif url.path == "/actions":
+                try:
+                    limit = int(q.get("limit", "200"))
+                except ValueError:
+                    self._json(400, {"error": "limit must be an integer"})
+                    return
+                recent = receiver.actions.recent_decisions(limit) if receiver.actions is not None else []
+                self._json(200, recent)
             elif url.path == "/":
                 items = store.query(int(q.get("limit", "200")) if q.get("limit", "").isdigit() else 200)
                 self._send(200, render_html(items, store).encode(), "text/html; charset=utf-8")
@@ -494,7 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Receiver(data_dir, host, port, web).start() as r:
+    actions = Actions(cfg.actions, cfg.mlflow, data_dir)
+    with Receiver(data_dir, host, port, web, actions).start() as r:
         scheme = web.scheme if web is not None else "http"
         log.info(
             "fleetmon webhook receiver on %s://%s:%d/ (POST /alerts), data in %s",

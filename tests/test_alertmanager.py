@@ -51,8 +51,20 @@ def test_amtool_check_config() -> None:
 ROUTES = [
     ({"alertname": "Watchdog", "severity": "info"}, "watchdog"),
     ({"alertname": "ChampionAliasChanged", "severity": "info", "customer": "c01"}, "fleetmon-info"),
-    ({"alertname": "ModelErrorAboveBaseline", "severity": "critical", "customer": "c01"}, "team-east-pager"),
-    ({"alertname": "ModelDataDrift", "severity": "warning", "customer": "c02"}, "team-east-tickets"),
+    # alerts fleetmon acts on reach /actions too, and their team as before
+    (
+        {"alertname": "ModelErrorAboveBaseline", "severity": "critical", "customer": "c01"},
+        "fleetmon-actions,team-east-pager",
+    ),
+    (
+        {"alertname": "ModelDataDrift", "severity": "warning", "customer": "c02"},
+        "fleetmon-actions,team-east-tickets",
+    ),
+    (
+        {"alertname": "ChallengerOutperformsChampion", "severity": "info", "customer": "c03"},
+        "fleetmon-actions,fleetmon-info",
+    ),
+    ({"alertname": "ModelPredictionDrift", "severity": "warning", "customer": "c02"}, "team-east-tickets"),
     ({"alertname": "CustomerPredictionsStale", "severity": "critical", "customer": "c03"}, "team-west-pager"),
     ({"alertname": "ModelPredictionsStale", "severity": "warning", "customer": "c03"}, "team-west-tickets"),
     ({"alertname": "ApiHighErrorRatio", "severity": "critical", "app": "gateway"}, "ops-pager"),
@@ -135,6 +147,9 @@ def am(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Capture]
     doc = yaml.safe_load(AM_YML.read_text())
     doc["templates"] = [str(AM_DIR / t) for t in doc["templates"]]
     doc["route"].update(group_wait="1s", group_interval="1s")
+    for rt in doc["route"]["routes"]:
+        if rt["receiver"] == "fleetmon-actions":
+            rt["group_wait"] = "1s"
     for r in doc["receivers"]:
         for w in r.get("webhook_configs", []):
             w["url"] = f"{cap.url}/{r['name']}"
@@ -230,6 +245,22 @@ def test_grouping_and_the_slack_template(am: tuple[str, Capture]) -> None:
     bodies = cap.wait("/team-east-tickets", lambda b: any(len(n["alerts"]) == 2 for n in b))
     n = next(n for n in bodies if len(n["alerts"]) == 2)
     assert n["groupLabels"] == {"alertname": "ModelDataDrift", "customer": "c01", "building": "c01-b003"}
+    # ... and to /actions one notification per alert (each model is acted on by itself), the team's
+    # route still notified (continue)
+    acts = cap.wait(
+        "/fleetmon-actions",
+        lambda b: (
+            {
+                a["labels"]["model"]
+                for n in b
+                for a in n["alerts"]
+                if a["labels"]["alertname"] == "ModelDataDrift"
+            }
+            >= {"forecast", "anomaly"}
+        ),
+    )
+    drift = [n for n in acts if n["alerts"][0]["labels"]["alertname"] == "ModelDataDrift"]
+    assert all(len(n["alerts"]) == 1 for n in drift), drift
     # the Slack message (rendered by the shipped templates) names building, models, value and links
     slack = cap.wait("/slack", lambda b: any("anomaly" in m["attachments"][0]["text"] for m in b))
     msg = next(m for m in slack if "anomaly" in m["attachments"][0]["text"])["attachments"][0]
