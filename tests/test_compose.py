@@ -315,7 +315,9 @@ def test_the_secure_override_runs_every_server_on_the_secure_files(
     am_yml = host(services["alertmanager"], flag(services["alertmanager"]["command"], "--config.file"))
     am = yaml.safe_load(am_yml.read_text())
     hooks = [w for r in am["receivers"] for w in r.get("webhook_configs", [])]
-    assert {w["url"] for w in hooks} == {f"https://127.0.0.1:{DEFAULT_PORTS['fleetmon-webhook']}/alerts"}
+    assert {w["url"] for w in hooks} == {
+        f"https://127.0.0.1:{DEFAULT_PORTS['fleetmon-webhook']}/{path}" for path in ("alerts", "actions")
+    }
     for w in hooks:
         assert w["http_config"]["basic_auth"]["username"] == "alertmanager"
         assert host(services["alertmanager"], w["http_config"]["basic_auth"]["password_file"]).is_file()

@@ -233,7 +233,9 @@ def test_other_ports_get_a_rendered_valid_prometheus_and_alertmanager_config(tmp
     am = yaml.safe_load(am_yml.read_text())
     urls = [w["url"] for r in am["receivers"] for w in r.get("webhook_configs", [])]
     # every receiver (per severity, team, the Watchdog) delivers to the stack's own webhook, moved port included
-    assert urls and set(urls) == {f"http://127.0.0.1:{cfg.stack.webhook_port}/alerts"}
+    assert urls and set(urls) == {
+        f"http://127.0.0.1:{cfg.stack.webhook_port}/{path}" for path in ("alerts", "actions")
+    }
     for argv in (["promtool", "check", "config", str(prom_yml)], ["amtool", "check-config", str(am_yml)]):
         res = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr

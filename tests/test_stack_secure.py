@@ -266,7 +266,9 @@ def test_the_secure_plan_and_its_configs_pass_promtool_and_amtool(tmp_path: Path
     am_yml = Path(flag(comps["alertmanager"].argv, "--config.file"))
     am = yaml.safe_load(am_yml.read_text())
     hooks = [w for r in am["receivers"] for w in r.get("webhook_configs", [])]
-    assert hooks and {w["url"] for w in hooks} == {f"https://127.0.0.1:{st.webhook_port}/alerts"}
+    assert hooks and {w["url"] for w in hooks} == {
+        f"https://127.0.0.1:{st.webhook_port}/{path}" for path in ("alerts", "actions")
+    }
     for w in hooks:
         assert w["http_config"] == {
             "tls_config": {"ca_file": str(files.ca_cert)},
