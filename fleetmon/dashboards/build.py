@@ -30,6 +30,7 @@ MODULES = {
     "building": "fleetmon.dashboards.building",
     "model": "fleetmon.dashboards.model",
     "training": "fleetmon.dashboards.training",
+    "versions": "fleetmon.dashboards.versions",
     "platform": "fleetmon.dashboards.platform_ops",
     "infrastructure": "fleetmon.dashboards.infrastructure",
 }

@@ -60,6 +60,7 @@ UID = {
     "building": "fleetmon-building",
     "model": "fleetmon-model",
     "training": "fleetmon-training",
+    "versions": "fleetmon-versions",
     "platform": "fleetmon-platform",
     "infrastructure": "fleetmon-infrastructure",
 }
