@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 # Exporters whose counters survive a restart (kept in their state file).
-PERSISTENT = {"platform": True, "outputs": True}
+PERSISTENT = {"platform": True, "outputs": True, "mlflow": False}
 JOBS = {"outputs": "fleetmon-outputs", "platform": "fleetmon-platform", "mlflow": "fleetmon-mlflow"}
 
 
