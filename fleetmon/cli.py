@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stack": ("fleetmon.stack", "start, stop and inspect the native stack (up, down, status)"),
     "webhook": ("fleetmon.webhook", "the Alertmanager webhook receiver that keeps and shows notifications"),
     "push": ("fleetmon.push", "push a batch job's duration and outcome to the Pushgateway"),
+    "score": ("fleetmon.scoring", "score challenger versions from MLflow on the served rows' features"),
     "dashboards": ("fleetmon.dashboards.build", "regenerate grafana/dashboards/*.json"),
     "drift-report": (
         "fleetmon.drift.report",

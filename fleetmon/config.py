@@ -602,6 +602,33 @@ class StackConfig(_Model):
     webhook_web_config_file: Path | None = None
 
 
+# ------------------------------------------------------------------------------------------ scoring
+class ScoringConfig(_Model):
+    """``fleetmon score``: registered challenger versions scored on the served rows' stored features, written
+    as shadow predictions for the outputs exporter (fleetmon/scoring.py)."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(default=300, gt=0)
+    # Shadow prediction files go here: list this directory's *.jsonl under outputs.predictions too.
+    output_dir: Path = Path("var/scoring/predictions")
+    state_dir: Path = Path("var/state/scoring")
+    # Versions with one of these aliases are scored, and (newer_than_champion) any version newer than the
+    # champion; never the version serving the rows; the newest max_versions_per_model of each model.
+    aliases: list[str] = Field(default_factory=lambda: ["challenger"])
+    newer_than_champion: bool = True
+    max_versions_per_model: int = Field(default=2, ge=1)
+    # Served rows of the last this many seconds are scored (match outputs.versions.window_seconds).
+    window_seconds: float = Field(default=7 * 86400, gt=0)
+    # Worker processes that load and run the models; each under an address-space limit, each call (load and
+    # predict) under a timeout; loaded models kept per worker.
+    workers: int = Field(default=2, ge=1)
+    timeout_seconds: float = Field(default=120, gt=0)
+    memory_limit_mb: int = Field(default=2048, ge=0)
+    cache_size: int = Field(default=8, ge=1)
+    # A version that failed to load or predict is tried again after this long.
+    retry_after_seconds: float = Field(default=3600, ge=0)
+
+
 # ------------------------------------------------------------------------------------------ actions
 class RetrainActionConfig(_Model):
     """Retraining requests posted to a training API when an alert says a model needs it."""
@@ -663,6 +690,7 @@ class Config(_Model):
     demo: DemoConfig = Field(default_factory=DemoConfig)
     stack: StackConfig = Field(default_factory=StackConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     # The file it was read from (None when built in code).
     source: Path | None = Field(default=None, exclude=True)
 
