@@ -21,6 +21,11 @@ Polling (``poll()``, in the background) keeps per-run and per-model state in mem
   not touch ``last_updated_time``) and "a new alias is seen on the next poll" needs them. Versions are
   re-read only for registered models whose ``last_updated_timestamp`` moved (a version was created,
   transitioned or deleted), batched ``name IN (...)``.
+- Lineage costs no request of its own: ``runs/search`` answers carry each run's dataset inputs
+  (``inputs.dataset_inputs``: name, digest, source, ``mlflow.data.context`` tag; ``_search_runs`` in
+  ``mlflow/store/tracking/sqlalchemy_store.py`` joins them in) and tags (``mlflow.source.git.commit``,
+  ``mlflow.source.name``), read anyway for the fleet mapping. Each run keeps a small ``Lineage`` tuple; the
+  exported versions (aliased and the newest) are joined to their run by the version's ``run_id``.
 
 A scrape (``collect()``) yields metric families built at the end of the last successful poll, plus the live
 health series; when MLflow is down the last good values keep being served with ``fleetmon_mlflow_up 0``.
@@ -31,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -48,6 +54,9 @@ from fleetmon.exporter import FLEET_LABELS, Rendered, register, render_families
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str, str, str]  # (customer, building, energy, model), the fleet spine
+# (dataset, dataset_digest, dataset_source, code_version) of a run; "" where unknown
+Lineage = tuple[str, str, str, str]
+NO_LINEAGE: Lineage = ("", "", "", "")
 
 RUN_STATUSES = ("running", "finished", "failed", "killed")  # always exported (0 when none)
 RUN_UNMAPPED_REASONS = ("missing_tags", "unknown_fleet_key", "malformed")
@@ -55,6 +64,16 @@ MODEL_UNMAPPED_REASONS = ("no_fleet_mapping", "unknown_fleet_key", "duplicate_fl
 ACTIVE_RUN_STATUSES = frozenset({"running", "scheduled"})
 RUN_ID_BATCH = 100
 MODEL_NAME_BATCH = 50  # names per ``name IN (...)`` in a GET query string
+# Lineage of a run: the training data (dataset inputs, else the run tag named by ``mlflow.training_data_tag``)
+# and the code version (MLflow's source tags).
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+SOURCE_NAME_TAG = "mlflow.source.name"
+DATA_CONTEXT_TAG = "mlflow.data.context"  # mlflow.log_input(..., context="training")
+MAX_LINEAGE_LABEL = 200  # characters of a lineage label value (a dataset source may be a long URI)
+# Registered version numbers are exported as ranges of consecutive numbers (first..last): one range per model
+# unless versions were deleted. Beyond this many ranges the oldest are merged into one (their gaps, deleted
+# versions long ago, then count as registered), so a model costs at most 2 x MAX_VERSION_RANGES series.
+MAX_VERSION_RANGES = 16
 
 
 @dataclass(slots=True)
@@ -68,6 +87,7 @@ class RunRec:
     metrics: dict[str, float]  # only the configured quality and duration keys
     params_digest: str
     flavor: str
+    lineage: Lineage = NO_LINEAGE
 
 
 @dataclass(slots=True)
@@ -125,6 +145,7 @@ class MlflowCollector:
             for k in self.fleet
         }
         self.duration_keys = dict(m.duration_metric_keys)  # kind -> metric key
+        self.training_data_tag = m.training_data_tag
         self.wanted_metrics = set(m.metric_keys) | set(self.duration_keys.values())
         qf = Path(m.quarantine_file)
         if not qf.is_absolute() and cfg.source is not None:
@@ -355,7 +376,42 @@ class MlflowCollector:
             metrics=metrics,
             params_digest=_digest(params),
             flavor=self._run_flavor(tags),
+            lineage=self._run_lineage(raw, tags),
         )
+
+    def _run_lineage(self, raw: dict[str, Any], tags: dict[str, str]) -> Lineage:
+        """The run's training data and code version. Data: its dataset inputs logged for training
+        (``mlflow.data.context=training``; without such, those logged without a context), names and digests
+        joined by "," in name order, the source's URI; else the ``training_data_tag`` run tag. Code: the git
+        commit MLflow recorded, else the source name (entry point). Never makes the run malformed."""
+        datasets: set[tuple[str, str, str]] = set()
+        untagged: set[tuple[str, str, str]] = set()
+        inputs = raw.get("inputs")
+        entries = inputs.get("dataset_inputs") if isinstance(inputs, dict) else None
+        for entry in entries if isinstance(entries, list) else ():
+            ds = entry.get("dataset") if isinstance(entry, dict) else None
+            if not isinstance(ds, dict):
+                continue
+            context = None
+            for t in entry.get("tags") or ():
+                if isinstance(t, dict) and t.get("key") == DATA_CONTEXT_TAG:
+                    context = str(t.get("value", ""))
+            item = (str(ds.get("name") or ""), str(ds.get("digest") or ""), _dataset_source(ds.get("source")))
+            if context == "training":
+                datasets.add(item)
+            elif context is None:
+                untagged.add(item)
+        chosen = sorted(datasets or untagged)
+        if chosen:
+            dataset, digest, source = (_cap(",".join(x[i] for x in chosen)) for i in range(3))
+        else:
+            dataset, digest, source = _cap(tags.get(self.training_data_tag, "")), "", ""
+        code = _cap(tags.get(GIT_COMMIT_TAG) or tags.get(SOURCE_NAME_TAG) or "")
+        lineage = (dataset, digest, source, code)
+        if lineage == NO_LINEAGE:
+            return NO_LINEAGE
+        # Interned: the runs of one pipeline share their data set and commit (40,000 runs, a few distinct).
+        return (sys.intern(dataset), sys.intern(digest), sys.intern(source), sys.intern(code))
 
     def _run_flavor(self, tags: dict[str, str]) -> str:
         if tags.get(self.m.flavor_tag):
@@ -569,6 +625,24 @@ class MlflowCollector:
             "with their training run, flavour and parameters digest (cached).",
             labels=[*fl, "version", "run_id", "flavor", "params_digest", "alias", "stage"],
         )
+        lineage = GaugeMetricFamily(
+            "fleetmon_mlflow_model_version_lineage_info",
+            "Lineage of the versions an alias points to and of the newest version (one series per version): "
+            "training run, training data (the run's dataset inputs for training, else its training data "
+            "tag) and code version (git commit, else source name) (cached).",
+            labels=[*fl, "version", "run_id", "dataset", "dataset_digest", "dataset_source", "code_version"],
+        )
+        range_first = GaugeMetricFamily(
+            "fleetmon_mlflow_model_version_range_first",
+            "First version number of a range of consecutive registered (non-deleted) versions; range = that "
+            "number. A version is registered if it lies in one of the model's ranges (cached).",
+            labels=[*fl, "range"],
+        )
+        range_last = GaugeMetricFamily(
+            "fleetmon_mlflow_model_version_range_last",
+            "Last version number of a range of consecutive registered (non-deleted) versions (cached).",
+            labels=[*fl, "range"],
+        )
         unmapped_models: Counter[str] = Counter()
         for m in sorted(self._models.values(), key=lambda m: m.name):
             if m.key is None:
@@ -589,6 +663,10 @@ class MlflowCollector:
                         by_stage[v.stage] = max(by_stage.get(v.stage, 0), v.version)
                 for st, ver in sorted(by_stage.items()):
                     stage.add_metric([*k, st], float(ver))
+            for first, last in _ranges(m.versions):
+                range_first.add_metric([*k, str(first)], float(first))
+                range_last.add_metric([*k, str(first)], float(last))
+            seen: set[int] = set()
             for a, ver in targets:
                 if a != "latest":
                     alias.add_metric([*k, a], float(ver))
@@ -598,6 +676,9 @@ class MlflowCollector:
                 info.add_metric(
                     [*k, str(ver), v.run_id, flavor, run.params_digest if run else "", a, v.stage], 1.0
                 )
+                if ver not in seen:
+                    seen.add(ver)
+                    lineage.add_metric([*k, str(ver), v.run_id, *(run.lineage if run else NO_LINEAGE)], 1.0)
         um = GaugeMetricFamily(
             "fleetmon_mlflow_unmapped_registered_models",
             "Registered models that do not map to a fleet model, by reason (cached).",
@@ -614,7 +695,10 @@ class MlflowCollector:
         objects.add_metric(["run"], float(len(self._runs)))
         objects.add_metric(["registered_model"], float(len(self._models)))
         objects.add_metric(["model_version"], float(sum(len(m.versions) for m in self._models.values())))
-        return [runs, last_ok, dur, quality, ur, versions, alias, stage, newest, info, um, objects]
+        return [
+            runs, last_ok, dur, quality, ur, versions, alias, stage, newest, info, lineage,
+            range_first, range_last, um, objects,
+        ]  # fmt: skip
 
     def prerendered(self) -> Rendered | None:
         """The fleet series of the last successful poll (None before the first one)."""
@@ -698,6 +782,43 @@ def _digest(params: dict[str, str]) -> str:
     if not params:
         return ""
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _ranges(versions: Iterable[int]) -> list[tuple[int, int]]:
+    """Consecutive version numbers as (first, last) ranges, oldest first; beyond ``MAX_VERSION_RANGES`` the
+    oldest are merged into one."""
+    out: list[tuple[int, int]] = []
+    for v in sorted(versions):
+        if out and v == out[-1][1] + 1:
+            out[-1] = (out[-1][0], v)
+        else:
+            out.append((v, v))
+    if len(out) > MAX_VERSION_RANGES:
+        cut = len(out) - MAX_VERSION_RANGES + 1
+        out = [(out[0][0], out[cut - 1][1]), *out[cut:]]
+    return out
+
+
+def _cap(text: str) -> str:
+    return text if len(text) <= MAX_LINEAGE_LABEL else text[: MAX_LINEAGE_LABEL - 3] + "..."
+
+
+def _dataset_source(source: Any) -> str:
+    """Where a dataset input comes from: MLflow keeps the source as JSON text (``{"uri": ...}`` for files and
+    URLs, ``{"path": ...}``, ``{"table_name": ...}``, ...); the location in it, else the text itself."""
+    if not isinstance(source, str) or not source:
+        return ""
+    if len(source) <= 4096:
+        try:
+            parsed = json.loads(source)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            for key in ("uri", "url", "path", "table_name", "location"):
+                value = parsed.get(key)
+                if isinstance(value, str) and value:
+                    return _cap(value)
+    return _cap(source)
 
 
 def _quote(name: str) -> str:

@@ -228,6 +228,7 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
             fc,
         )
     )
+    out.extend(serving_families(p))
     c = CounterMetricFamily(
         "fleetmon_model_predictions",
         "Prediction records accepted for the model (kept across restarts in the state file).",
@@ -264,6 +265,31 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
         g.add_metric([*labels[k], "unexpected"], float(p.store.schema_unexpected[k]))
     out.append(g)
     return out
+
+
+def serving_families(p: OutputsPipeline) -> list[Metric]:
+    """The version each model serves (``OutputStore.serving_version``): one series per model whose served
+    rows carry a ``model_version``, none for the others. The registry side (is it a registered version, its
+    run and training data) is joined in Prometheus (prometheus/rules/recording.yml), not here."""
+    labels = p.fleet.model_labels
+    store = p.store
+    info = GaugeMetricFamily(
+        "fleetmon_model_serving_version_info",
+        "MLflow model version (model_version) of the model's newest served prediction record that carries "
+        "one (value 1); shadow rows (alias set and not champion) do not count. Kept across restarts.",
+        labels=[*FLEET, "version"],
+    )
+    number = GaugeMetricFamily(
+        "fleetmon_model_serving_version",
+        "The same version as a number, for comparisons with the registry's version ranges "
+        "(fleetmon_mlflow_model_version_range_first/_last).",
+        labels=FLEET,
+    )
+    for i in np.flatnonzero(store.serving_version > 0):
+        v = int(store.serving_version[i])
+        info.add_metric([*labels[i], str(v)], 1.0)
+        number.add_metric(labels[i], float(v))
+    return [info, number]
 
 
 def versions_families(p: OutputsPipeline, v: Versions) -> list[Metric]:

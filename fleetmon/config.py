@@ -273,6 +273,8 @@ class MlflowConfig(_Model):
     quarantine_file: Path = Path("var/quarantine/mlflow.jsonl")
     # Tag on a model version (or its training run) naming the model flavour (sklearn, lightgbm, ...).
     flavor_tag: str = "flavor"
+    # Run tag naming the training data when the run logged no dataset inputs (lineage).
+    training_data_tag: str = "training_data"
     # How runs and registered models map to the fleet: tag keys on runs / registered models ...
     tag_keys: dict[str, str] = Field(
         default_factory=lambda: {
@@ -562,12 +564,28 @@ class DemoConfig(_Model):
     # Share of the forecasters outside the quiet buildings that run a challenger version beside the
     # champion (shadow predictions, alias "challenger"; half of them truly better). 0: none.
     challenger_share: float = Field(default=0.25, ge=0, le=1)
+    # The simulated training API (POST /train: retraining requests, docs/formats.md) on 127.0.0.1 while the
+    # simulator runs live. 0: off.
+    training_api_port: int = Field(default=9721, ge=0, le=65535)
+    # Accepted retraining requests that may wait (queued or training) at once; more get 429.
+    training_api_max_pending: int = Field(default=50, ge=1)
+    # Push every simulated training job's outcome here (fleetmon.push; TLS and basic auth from
+    # FLEETMON_PUSHGATEWAY_CA_FILE / _USERNAME / _PASSWORD_FILE). None: no pushes, but the native stack
+    # sets its own Pushgateway; "": off even there.
+    pushgateway_url: str | None = None
 
     @field_validator("incident_duration_seconds")
     @classmethod
     def _durations(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         if v is not None and not 0 < v[0] <= v[1]:
             raise ValueError("must be [min, max] with 0 < min <= max")
+        return v
+
+    @field_validator("pushgateway_url")
+    @classmethod
+    def _gateway(cls, v: str | None) -> str | None:
+        if v and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL (or empty: no pushes)")
         return v
 
 

@@ -17,7 +17,9 @@ process groups named by the pid files and checks the ports are free.
 
 With ``stack.demo: false`` (monitoring a real deployment) neither the local MLflow nor the simulator is
 started; with the demo on, the simulator is refused when ``mlflow.tracking_uri`` is not the stack's own
-MLflow, so fake runs can never be written to a real tracking server.
+MLflow, so fake runs can never be written to a real tracking server. The simulator serves its training API
+on 127.0.0.1:``demo.training_api_port`` and pushes its training jobs' outcomes to this stack's Pushgateway
+(``simulator_env``: over TLS as the ``fleetmon`` user in secure mode).
 
 Ports come from the config (``stack:`` and each exporter's ``listen``). ``prometheus/prometheus.yml`` and
 ``alertmanager/alertmanager.yml`` are used as they are when the ports are the defaults they name;
@@ -418,11 +420,17 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
         )
     )
     if st.demo:
+        api_port = cfg.demo.training_api_port
         out.append(
             Component(
                 "simulator",
                 fleetmon_argv("demo", "run", "--config.file", conf),
                 tier=2,
+                # The training API is the demo's, plain HTTP on 127.0.0.1 (like its MLflow). No `port`:
+                # a port in use only turns the API off, it must not keep the simulator from starting.
+                url=f"http://127.0.0.1:{api_port}" if api_port else None,
+                note="training API: POST /train (docs/formats.md)" if api_port else None,
+                env=simulator_env(cfg, f"{scheme}://{probe}:{st.pushgateway_port}", sec),
                 missing=_demo_mlflow_mismatch(cfg) or _module_missing("simulator.cli"),
             )
         )
@@ -446,6 +454,21 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
         )
     out.append(grafana_component(cfg, paths, sec))
     return out
+
+
+def simulator_env(cfg: Config, pushgateway: str, secure: pki.StackFiles | None) -> dict[str, str]:
+    """The simulator pushes its training jobs' outcomes to this stack's Pushgateway (``demo.pushgateway_url``
+    unless the config names one, or "" for none), in secure mode over TLS as the ``fleetmon`` user (the
+    variables ``fleetmon.push`` reads; emptied in plain mode so no stray credentials from the caller's
+    environment go along)."""
+    if cfg.demo.pushgateway_url is not None:  # the config's own choice (a gateway elsewhere, or "": off)
+        return {}
+    return {
+        "FLEETMON__DEMO__PUSHGATEWAY_URL": pushgateway,
+        "FLEETMON_PUSHGATEWAY_CA_FILE": str(secure.ca_cert) if secure else "",
+        "FLEETMON_PUSHGATEWAY_USERNAME": "fleetmon" if secure else "",
+        "FLEETMON_PUSHGATEWAY_PASSWORD_FILE": str(secure.password_file("fleetmon")) if secure else "",
+    }
 
 
 def grafana_component(cfg: Config, paths: Paths, secure: pki.StackFiles | None = None) -> Component:

@@ -84,7 +84,8 @@ def cmd_run(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(
         prog="fleetmon demo run",
         description="Run the demo fleet simulator: MLflow runs and models, model outputs, container logs, "
-        "incidents and their ground truth. SIGTERM/SIGINT stop it cleanly.",
+        "incidents and their ground truth; live, also the training API (demo.training_api_port) and, with "
+        "demo.pushgateway_url, training outcomes pushed to the Pushgateway. SIGTERM/SIGINT stop it cleanly.",
     )
     p.add_argument("--config.file", dest="config_file", default=str(default_config_path()))
     p.add_argument(
@@ -161,6 +162,9 @@ def cmd_run(argv: Sequence[str]) -> int:
     start = _parse_time(args.start) if args.start else datetime.now(UTC).timestamp()
     sim = Simulator(cfg, start=start, mlflow=use_mlflow)
     try:
+        # Live only: retraining requests (POST /train) become jobs at the next step. A port in use is
+        # logged and the simulator runs on without it.
+        sim.serve_training_api()
         sim.run_forever(stop, tick=args.tick)
     finally:
         sim.close()

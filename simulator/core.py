@@ -16,7 +16,12 @@ name, then rename) and never rewritten: a restart skips hours already on disk.
 
 Training jobs happen now and then (and often, and failing, for a model with a ``training_failures``
 incident); each is a ``Received message`` line in training-api, a ``Training job finished`` / ``Failed to
-process`` line in training-processor, and, when MLflow is on, a run with the same ``job_id`` tag.
+process`` line in training-processor, and, when MLflow is on, a run with the same ``job_id`` tag. Jobs are
+triggered by the schedule (``schedule``), by the pipeline retrying a failing model (``retry``) or by a
+request to the training API (``retrain``, ``simulator.training_api``: ``serve_training_api`` starts it, each
+``step`` takes the requests accepted since the last one); a retrain that finishes always registers a new
+version with the ``challenger`` alias. With ``demo.pushgateway_url`` set, every job's outcome is pushed to
+the Pushgateway (``fleetmon.push``) from a worker thread.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from simulator.incidents import Incident, Schedule, error_factor
 from simulator.ledger import FILE_NAME as LEDGER_FILE
 from simulator.ledger import Ledger
 from simulator.logs import DEFAULT_MAX_BYTES, Platform
+from simulator.training_api import TRIGGER as RETRAIN
+from simulator.training_api import OutcomePusher, RetrainQueue, RetrainRequest, TrainingApi
 from simulator.world import Effects, World, choose_challengers, rfc3339
 
 log = logging.getLogger("fleetmon.demo")
@@ -70,6 +77,14 @@ class Job:
     received: float
     finish: float
     trigger: str
+    outcome: str | None = None  # "success" / "failure" once it ended
+    request: RetrainRequest | None = None  # the training API request of a "retrain" job
+
+
+def retrain_tags(req: RetrainRequest) -> dict[str, str]:
+    """The MLflow tags of a requested retrain's run: why, by whom, the caller's request id (shortened)."""
+    fields = {"reason": req.reason, "requested_by": req.requested_by, "request_id": req.request_id}
+    return {f"fleetmon.retrain.{k}": v[:500] for k, v in fields.items() if v}
 
 
 class Simulator:
@@ -123,6 +138,13 @@ class Simulator:
         self.pending: list[Job] = []
         self.jobs: list[Job] = []  # every job received (tests read it)
         self.trainer = None
+        # Retraining requests from the training API (``serve_training_api``), handed over at each step.
+        self.retrain = RetrainQueue(self.world.models, demo.training_api_max_pending)
+        self.api: TrainingApi | None = None
+        self.pusher: OutcomePusher | None = None
+        if demo.pushgateway_url:
+            self.pusher = OutcomePusher(demo.pushgateway_url)
+            self.pusher.start()
         if mlflow:
             from simulator.mlflow_seed import FleetMlflow, Trainer
 
@@ -205,15 +227,28 @@ class Simulator:
     def _job_id(self) -> str:
         return str(uuid.UUID(int=self.train_rng.getrandbits(128), version=4))
 
+    def serve_training_api(self, port: int | None = None) -> TrainingApi | None:
+        """Start the training API on 127.0.0.1:``port`` (default ``demo.training_api_port``; 0: off).
+        None when off or when the port cannot be had (logged; the simulator runs on without it)."""
+        port = self.cfg.demo.training_api_port if port is None else port
+        if not port:
+            log.info("training API off (demo.training_api_port: 0)")
+            return None
+        api = TrainingApi(self.retrain, port)
+        if not api.start():
+            return None
+        self.api = api
+        return api
+
     def _training(self, t0: float, t1: float, incidents: list[Incident]) -> None:
         rng = self.train_rng
-        arrivals: list[tuple[float, ModelKey, str]] = []
+        arrivals: list[tuple[float, ModelKey, str, RetrainRequest | None]] = []
         t = t0
         while True:
             t += rng.expovariate(self.train_rate)
             if t > t1:
                 break
-            arrivals.append((t, rng.choice(self.world.models), "schedule"))
+            arrivals.append((t, rng.choice(self.world.models), "schedule", None))
         for inc in incidents:
             if inc.kind != "training_failures" or inc.key is None:
                 continue
@@ -224,15 +259,27 @@ class Simulator:
                 t += rng.expovariate(1 / 30)
                 if t > end:
                     break
-                arrivals.append((t, inc.key, "retry"))
+                arrivals.append((t, inc.key, "retry", None))
+        # Requests accepted by the training API since the last step: received when they arrived (within
+        # this step's interval; a simulator behind the wall clock, fast-forwarding, receives them at t1).
+        for r in self.retrain.take():
+            arrivals.append((min(max(r.received, t0), t1), r.key, RETRAIN, r))
         arrivals.sort(key=lambda a: a[0])
-        for t, key, trigger in arrivals:
-            job = Job(key, self._job_id(), t, t + rng.uniform(8, 25), trigger)
+        for t, key, trigger, req in arrivals:
+            if req is None:
+                job = Job(key, self._job_id(), t, t + rng.uniform(8, 25), trigger)
+            else:  # its own random stream: a request never shifts the scheduled jobs of a seeded run
+                job = Job(
+                    key, req.job_id, t, t + random.Random(req.job_id).uniform(8, 25), trigger, request=req
+                )
             self.jobs.append(job)
             self.pending.append(job)
             self.platform.training_received(t, key, job.job_id, trigger)
             if self.trainer is not None:
-                self.trainer.submit("start", key, job.job_id, t, trigger)
+                if req is None:
+                    self.trainer.submit("start", key, job.job_id, t, trigger)
+                else:
+                    self.trainer.submit("start", key, job.job_id, t, trigger, retrain_tags(req))
         due = sorted((j for j in self.pending if j.finish <= t1), key=lambda j: j.finish)
         self.pending = [j for j in self.pending if j.finish > t1]
         for job in due:
@@ -244,15 +291,20 @@ class Simulator:
                 ),
                 None,
             )
-            new_version = rng.random() < 0.25
-            promote = rng.random() < 0.5
+            job_rng = rng
+            if job.request is None:
+                new_version = rng.random() < 0.25
+                promote = rng.random() < 0.5
+            else:  # a requested retrain always yields a new version, as challenger (never promoted)
+                new_version, promote = True, False
+                job_rng = random.Random(f"{job.job_id}:finish")
             if failing is not None:
                 self.platform.training_failed(
                     job.finish, job.key, job.job_id, str(failing.detail.get("exception", "ValueError"))
                 )
                 status = "FAILED"
             else:
-                mae = rng.uniform(0.04, 0.1) * float(
+                mae = job_rng.uniform(0.04, 0.1) * float(
                     self.world.typical_consumption(job.key.energy)[
                         self.world.index[(job.key.customer, job.key.building)]
                     ]
@@ -261,8 +313,13 @@ class Simulator:
                     job.finish, job.key, job.job_id, job.finish - job.received, mae
                 )
                 status = "FINISHED"
+            job.outcome = "success" if status == "FINISHED" else "failure"
+            if job.request is not None:
+                self.retrain.done(job.job_id, ok=status == "FINISHED")
             if self.trainer is not None:
                 self.trainer.submit("finish", job.key, job.job_id, job.finish, status, new_version, promote)
+            if self.pusher is not None:
+                self.pusher.submit(job.key, job.outcome, job.finish - job.received, job.finish)
 
     def _prune(self, now: float) -> None:
         """Delete output files older than the retention horizon (a long demo must not fill the disk)."""
@@ -298,7 +355,14 @@ class Simulator:
             stop.wait(tick)
 
     def close(self, drain_seconds: float = 0.0) -> None:
-        """Stop the MLflow worker; with ``drain_seconds``, first let it finish queued work."""
+        """Stop the training API, the Pushgateway and MLflow workers; with ``drain_seconds``, first let the
+        workers finish queued work (pushes get up to 5 s even without)."""
+        if self.api is not None:
+            self.api.close()
+            self.api = None
+        if self.pusher is not None:
+            self.pusher.close(timeout=max(5.0, drain_seconds))
+            self.pusher = None
         if self.trainer is None:
             return
         if drain_seconds > 0:

@@ -7,19 +7,28 @@ Seeding (idempotent: a restart adds nothing):
   every building has at least one of each of the latter), tagged with the four fleet tags
   (``mlflow.tag_keys``) and ``fleetmon.demo.history=<energy>/<model>/<n>``, which is what makes re-seeding
   find them; metrics ``mae``/``rmse``/``mape`` (``mape`` as a ratio) and the duration metrics, params
-  (``algorithm``, ``lookback_hours``, ...), all in one ``log_batch`` per run;
+  (``algorithm``, ``lookback_hours``, ...), all in one ``log_batch`` per run; lineage: a (fake, deterministic)
+  ``mlflow.source.git.commit`` and ``mlflow.source.name`` tag, and for FINISHED runs the training data set
+  (the building's actuals: name, digest, source) as a dataset input with context ``training``
+  (``log_inputs``, what ``mlflow.log_input`` sends; one more request per finished run);
 - per model a registered model ``{customer}.{building}.{energy}.{model}`` with the same tags and 1-3
   versions pointing at its latest finished runs (``runs:/<run_id>/model``); aliases ``champion`` (the
   previous version when there are two or more) and ``challenger`` (the newest).
 
 Live training (``Trainer``): the simulator calls ``start`` / ``finish`` as its training jobs are received and
 end (the same jobs that appear in the container logs, matched by the ``job_id`` tag); a finished run now and
-then becomes a new version that takes the ``challenger`` alias, and sometimes ``champion`` moves to it.
+then becomes a new version that takes the ``challenger`` alias, and sometimes ``champion`` moves to it. A
+retrain requested through the training API (trigger ``retrain``) always becomes a new ``challenger`` version
+when it finishes, and its run carries the request's ``fleetmon.retrain.reason`` / ``.requested_by`` /
+``.request_id`` tags. Live runs carry the same lineage as seeded ones (commit tags; a dataset input when they
+finish).
 MLflow calls run on a worker thread so a slow or absent server never stalls the simulator.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import queue
 import random
@@ -41,6 +50,12 @@ log = logging.getLogger("fleetmon.demo.mlflow")
 
 HISTORY_TAG = "fleetmon.demo.history"
 JOB_TAG = "job_id"
+# Lineage (docs/metrics.md, fleetmon_mlflow_model_version_lineage_info): the code version MLflow records for a
+# run from a git checkout, and the context tag mlflow.log_input(..., context="training") sets.
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+SOURCE_NAME_TAG = "mlflow.source.name"
+DATA_CONTEXT_TAG = "mlflow.data.context"
+TRAIN_ENTRY_POINT = "fleetmon-demo/train.py"
 DAY_MS = 86_400_000
 
 FORECAST_ALGOS = ("lightgbm", "xgboost", "prophet", "ridge")
@@ -106,6 +121,25 @@ class FleetMlflow:
     def aliases(self) -> tuple[str, str | None]:
         a = self.cfg.mlflow.aliases
         return (a[0] if a else "champion", a[1] if len(a) > 1 else None)
+
+    # ------------------------------------------------------------------------------- lineage
+    def code_tags(self, generation: str) -> dict[str, str]:
+        """The source tags of a training run: a (fake, deterministic) git commit of the training code."""
+        commit = hashlib.sha1(f"{self.cfg.demo.seed}:code:{generation}".encode()).hexdigest()
+        return {GIT_COMMIT_TAG: commit, SOURCE_NAME_TAG: TRAIN_ENTRY_POINT}
+
+    def training_input(self, key: ModelKey, snapshot: str) -> Any:
+        """What ``mlflow.log_input(dataset, context="training")`` logs: the building's actuals the model was
+        trained on (name, digest of this snapshot, source), as a ``DatasetInput``."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        name = f"{key.building}-{key.energy}-actuals"
+        digest = hashlib.sha256(f"{self.cfg.demo.seed}:data:{name}:{snapshot}".encode()).hexdigest()[:8]
+        source = json.dumps({"uri": f"var/demo/outputs/actuals/{key.customer}/{key.building}/{key.energy}"})
+        return DatasetInput(
+            Dataset(name=name, digest=digest, source_type="local", source=source),
+            tags=[InputTag(key=DATA_CONTEXT_TAG, value="training")],
+        )
 
     # ------------------------------------------------------------------------------- history
     def _metrics(self, rng: random.Random, key: ModelKey, status: str, quality: float) -> dict[str, float]:
@@ -182,7 +216,11 @@ class FleetMlflow:
                     metrics = self._metrics(rng, key, status, quality=1.0 - 0.05 * n)
                     dur_key = self.cfg.mlflow.duration_metric_keys.get("training")
                     dur_ms = int(metrics.get(dur_key, 300.0) * 1000) if dur_key else 300_000
-                    tags = {**self.tags(key), HISTORY_TAG: f"{key.energy}/{key.model}/{n}"}
+                    tags = {
+                        **self.tags(key),
+                        HISTORY_TAG: f"{key.energy}/{key.model}/{n}",
+                        **self.code_tags(f"history-{n}"),
+                    }
                     if status == "FAILED":
                         tags["error"] = rng.choice(
                             ["ValueError: Input X contains NaN.", "MemoryError", "KeyError: 'humidity'"]
@@ -248,6 +286,9 @@ class FleetMlflow:
                 metrics=[Metric(k, v, hr.end_ms, 0) for k, v in hr.metrics.items()],
                 params=[Param(k, v) for k, v in hr.params.items()],
             )
+            if hr.status == "FINISHED":  # trained on something: its data set (versions come from these)
+                client.log_inputs(rid, [self.training_input(hr.key, f"history-{hr.n}")])
+                self._count(1)
             client.set_terminated(rid, status=hr.status, end_time=hr.end_ms)
             self._count(3)
             run_ids[hr.history_id] = rid
@@ -339,7 +380,10 @@ class FleetMlflow:
         return made_model, made
 
     # ---------------------------------------------------------------------------- live runs
-    def start_run(self, key: ModelKey, job_id: str, t: float, trigger: str) -> str:
+    def start_run(
+        self, key: ModelKey, job_id: str, t: float, trigger: str, tags: dict[str, str] | None = None
+    ) -> str:
+        """A RUNNING run for a training job; ``tags``: more tags (a requested retrain's reason ...)."""
         from mlflow.entities import Param
 
         client = self.client
@@ -351,9 +395,11 @@ class FleetMlflow:
             exp_id,
             start_time=int(t * 1000),
             tags={
+                **(tags or {}),
                 **self.tags(key),
                 JOB_TAG: job_id,
                 "trigger": trigger,
+                **self.code_tags("live"),
                 "mlflow.runName": f"train-{key.energy}-{key.model}-{job_id[:8]}",
             },
         )
@@ -372,6 +418,8 @@ class FleetMlflow:
         rng = random.Random(run_id)
         metrics = self._metrics(rng, key, status, quality=0.9)
         client.log_batch(run_id, metrics=[Metric(k, v, int(t * 1000), 0) for k, v in metrics.items()])
+        if status == "FINISHED":
+            client.log_inputs(run_id, [self.training_input(key, f"live-{int(t)}")])
         client.set_terminated(run_id, status=status, end_time=int(t * 1000))
         if status == "FINISHED" and new_version:
             name = self.model_name(key)
@@ -438,8 +486,8 @@ class Trainer:
             op, args = item
             try:
                 if op == "start":
-                    key, job_id, t, trigger = args
-                    self.runs[job_id] = self.fm.start_run(key, job_id, t, trigger)
+                    key, job_id, t, trigger, *tags = args
+                    self.runs[job_id] = self.fm.start_run(key, job_id, t, trigger, *tags)
                 elif op == "finish":
                     key, job_id, t, status, new_version, promote = args
                     run_id = self.runs.pop(job_id, None)

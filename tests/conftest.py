@@ -167,6 +167,12 @@ def _demo_stack_config(tmp: Path, tuning: dict[str, Any] | None = None) -> Path:
     ):
         stack[key] = free_port()
     doc["mlflow"]["tracking_uri"] = f"http://127.0.0.1:{stack['mlflow_port']}"
+    # the simulator's training API, and the retraining requests the webhook receiver posts to it
+    api_port = free_port()
+    doc.setdefault("demo", {})["training_api_port"] = api_port
+    retrain = doc.get("actions", {}).get("retrain")
+    if retrain and retrain.get("url"):
+        retrain["url"] = f"http://127.0.0.1:{api_port}/train"
     if tuning:
         _merge(doc, tuning)
     path = conf_dir / "fleetmon.yml"

@@ -191,3 +191,59 @@ def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack:
     assert all(
         (n["receiver"] == "watchdog") == (n["groupLabels"].get("alertname") == "Watchdog") for n in items
     )
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(420)
+def test_a_degrading_model_is_retrained_and_its_new_version_registered(demo_stack: Any) -> None:
+    """The loop in the demo: a drift or error incident's alert reaches the webhook receiver's /actions, which
+    posts a retraining request to the simulator's training API; the job trains and registers a new version
+    that takes the challenger alias in MLflow (the version benchmark takes it from there)."""
+    from mlflow import MlflowClient
+
+    cfg = demo_stack.cfg
+    api = f"http://127.0.0.1:{cfg.demo.training_api_port}"
+    deadline = time.time() + 360
+    requested: list[dict[str, Any]] = []
+    while time.time() < deadline and not requested:
+        with urllib.request.urlopen(demo_stack.webhook_url + "/actions", timeout=10) as r:
+            decisions = json.loads(r.read())
+        requested = [d for d in decisions if d["action"] == "retrain" and d["outcome"] == "requested"]
+        if not requested:
+            time.sleep(5)
+    assert requested, f"no retraining requested; decisions: {decisions[-10:]}"
+    first = requested[0]
+    assert first["alert"]["labels"]["alertname"] in ("ModelDataDrift", "ModelErrorAboveBaseline")
+    assert first["dry_run"] is False and first["job_id"]
+    # the training API got it, as a job of that model
+    with urllib.request.urlopen(api + "/requests", timeout=10) as r:
+        jobs = {j["job_id"]: j for j in json.loads(r.read())}
+    job = jobs[first["job_id"]]
+    assert {k: job[k] for k in FLEET} == {k: first[k] for k in FLEET}
+    # ... which trains and registers a new challenger version of the model
+    client = MlflowClient(demo_stack.mlflow_url)
+    name = cfg.mlflow.registered_model_pattern.format(**{k: first[k] for k in FLEET})
+    run = None
+    while time.time() < deadline:
+        runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            f"tags.job_id = '{first['job_id']}'",
+        )
+        run = runs[0] if runs else None
+        if run is not None and run.info.status in ("FINISHED", "FAILED"):
+            break
+        time.sleep(5)
+    assert run is not None, f"no MLflow run for retraining job {first['job_id']}"
+    assert run.data.tags["trigger"] == "retrain"
+    assert run.data.tags["fleetmon.retrain.reason"] == first["alert"]["labels"]["alertname"]
+    if run.info.status == "FINISHED":
+        versions = [v for v in client.search_model_versions(f"name='{name}'") if v.run_id == run.info.run_id]
+        assert versions, f"the finished retraining run {run.info.run_id} registered no version of {name}"
+        # it took the challenger alias (a scheduled job of the model may have registered a newer one since)
+        challenger = client.get_registered_model(name).aliases.get("challenger")
+        assert challenger is not None and int(challenger) >= int(versions[0].version), challenger
+    else:  # a training_failures incident on that very model: failed, as the platform would
+        assert any(
+            g["kind"] == "training_failures" and all(g[k] == first[k] for k in FLEET)
+            for g in demo_stack.ground_truth()[1:]
+        )

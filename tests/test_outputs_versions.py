@@ -165,8 +165,10 @@ def test_shadow_rows_leave_the_models_own_series_as_they_were(tmp_path: Path) ->
             """Every series but the version benchmark's and the per-file read counts."""
             out: dict[str, list[Any]] = {}
             for fam in text_string_to_metric_families(h.collector.prerendered().body.decode()):
-                if fam.name.startswith(("fleetmon_model_version", "fleetmon_model_challenger")):
-                    continue
+                if fam.name.startswith(
+                    ("fleetmon_model_version", "fleetmon_model_challenger", "fleetmon_model_serving_version")
+                ):
+                    continue  # version series: only the rows with a model_version have them
                 if fam.name in ("fleetmon_model_shadow_predictions", "fleetmon_outputs_rows_read"):
                     continue
                 if fam.name in (
@@ -190,6 +192,11 @@ def test_shadow_rows_leave_the_models_own_series_as_they_were(tmp_path: Path) ->
             "fleetmon_model_latest_prediction_target_timestamp_seconds", "b1", "heating", "forecast"
         ) == pytest.approx(NOW - H)
         assert without.samples("fleetmon_model_version_paired_targets") == []
+        # the served version is the champion's, never the challenger's (shadow rows, a newer made_at too)
+        assert with_shadow.samples("fleetmon_model_serving_version_info") == [
+            ({**MODEL, "version": "3"}, 1.0)
+        ]
+        assert without.samples("fleetmon_model_serving_version_info") == []
     finally:
         with_shadow.close()
         without.close()

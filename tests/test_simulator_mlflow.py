@@ -48,7 +48,7 @@ def test_seeding_follows_the_convention_and_is_idempotent(mlflow_server: str, tm
     created = fm.seed()
     assert created["experiments"] == 2 and created["registered_models"] == 8
     first_requests = fm.requests
-    assert first_requests < created["runs"] * 3 + 8 * 6 + 2 * 3
+    assert first_requests < created["runs"] * 4 + 8 * 6 + 2 * 3
 
     client = MlflowClient(mlflow_server)
     statuses: Counter[str] = Counter()
@@ -122,6 +122,7 @@ def _write_config(tmp_path: Path, prefix: str, mlflow_uri: str) -> Path:
             "backfill_hours": 12,
             "output_dir": "out",
             "first_incident_after_seconds": 0,
+            "training_api_port": 0,  # a test's live simulator must not take the demo's port
         },
     }
     p = tmp_path / "fleetmon.yml"

@@ -1,18 +1,20 @@
 """Model detail: drift per feature, quality over time, freshness and volume, data quality, versions and
-aliases, champion against challengers on live actuals, training history, and a link to the Evidently HTML
-report of this building and model."""
+aliases, champion against challengers on live actuals, lineage (the serving version, its run, training data
+and code version), training history, and a link to the Evidently HTML report of this building and model."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.models.dashboard import DynamicConfigValue, ValueMap, ValueMappingResult
 
 from fleetmon.dashboards.common import (
     FLEET_LABELS,
     KWH,
     SHORT_WINDOW,
     bar_panel,
+    column_link,
     fleet_variables,
     link,
     m,
@@ -34,6 +36,20 @@ VARS = FLEET_LABELS
 # `fleetmon drift-report --building B --energy E --model M` writes drift-B-E-M.html by default; serve the
 # directory you write them to (docs/dashboards.md) and point `reports_url` at it.
 REPORT_URL = "${reports_url}/drift-${building}-${energy}-${model}.html"
+# MLflow's UI opens a run by its id alone (its route /runs/:runUuid); `mlflow_url` is where the UI is served.
+MLFLOW_RUN_URL = "${mlflow_url}/#/runs/${__data.fields.run_id}"
+
+
+def value_texts(texts: dict[int, tuple[str, str]]) -> list[ValueMap]:
+    """Value mappings: value -> (text, colour)."""
+    return [
+        ValueMap(
+            options={
+                str(v): ValueMappingResult(text=text, color=colour, index=i)
+                for i, (v, (text, colour)) in enumerate(texts.items())
+            }
+        )
+    ]
 
 
 def build() -> dashboard.Dashboard:
@@ -43,8 +59,9 @@ def build() -> dashboard.Dashboard:
         "model",
         "fleetmon / Model detail",
         "One model of one building: drift per input feature, quality over time, freshness and volume, data "
-        "quality, registry versions and aliases, training history. The Evidently report link opens the "
-        "full HTML drift report (fleetmon drift-report).",
+        "quality, registry versions and aliases, lineage (serving version, MLflow run, training data, code "
+        "version), training history. The Evidently report link opens the full HTML drift report "
+        "(fleetmon drift-report).",
     )
     d = fleet_variables(d, VARS)
     d = text_variable(
@@ -53,6 +70,14 @@ def build() -> dashboard.Dashboard:
         "Drift reports URL",
         "http://127.0.0.1:8000",
         "where the HTML drift reports written by `fleetmon drift-report` are served (docs/dashboards.md)",
+    )
+    d = text_variable(
+        d,
+        "mlflow_url",
+        "MLflow URL",
+        "http://127.0.0.1:5000",
+        "where MLflow's UI is served (the demo's tracking server by default): the Lineage table links each "
+        "run there",
     )
     d = up_links(
         d,
@@ -423,6 +448,77 @@ def build() -> dashboard.Dashboard:
             },
             units={"Value #B": "percentunit"},
             sort_by="challenger",
+        )
+    )
+
+    # Lineage (docs/metrics.md): prediction -> the version serving it (outputs exporter) -> its MLflow run ->
+    # the run's training data and code version (MLflow exporter, versions an alias points to and the newest).
+    d = d.with_row(row("Lineage"))
+    d = d.with_panel(
+        stat_panel(
+            "Serving version",
+            [q(f"max({m('fleetmon_model_serving_version', s)}) or on () vector(0)", "serving", instant=True)],
+            w=4,
+            h=7,
+            mappings=value_texts({0: ("none in the records", "text")}),
+            steps=thresholds((None, "blue")),
+            description="model_version of the model's newest served prediction record (shadow rows aside); "
+            "'none in the records' when its records carry no model_version",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            "Serving version in the registry",
+            [
+                q(
+                    f"max({m('model:fleetmon_model_serving_version_unregistered:bool', s)}) or on () vector(-1)",
+                    "unregistered",
+                    instant=True,
+                )
+            ],
+            w=4,
+            h=7,
+            mappings=value_texts(
+                {0: ("registered", "green"), 1: ("unregistered", "red"), -1: ("unknown", "text")}
+            ),
+            description="whether the serving version is a registered version of the model's MLflow model "
+            "(ModelServingUnregisteredVersion after 10 minutes); unknown: no model_version in the records, or "
+            "MLflow could not be read",
+        )
+    )
+    lineage = m("fleetmon_mlflow_model_version_lineage_info", s)
+    d = d.with_panel(
+        table_panel(
+            "Lineage",
+            [
+                q(
+                    "max by (version, run_id, dataset, dataset_digest, dataset_source, code_version) ("
+                    f"{lineage} + on (customer, building, energy, model, version) group_left () "
+                    f"{m('fleetmon_model_serving_version_info', s)} or {lineage})",
+                    instant=True,
+                    table_format=True,
+                )
+            ],
+            w=16,
+            h=7,
+            description="the registry's versions an alias points to and the newest one, each with its training "
+            "run (a link to it in MLflow: the dashboard's MLflow URL), training data (the run's dataset inputs "
+            "for training: names, digests, sources; else its training data tag) and code version (git commit, "
+            "else source name); 'serving' marks the version the model serves now",
+            hide=("Time",),
+            rename={"Value": "serving", "dataset_digest": "digest", "dataset_source": "source"},
+            column_links=[
+                column_link("run_id", "MLflow run ${__data.fields.run_id}", MLFLOW_RUN_URL),
+                (
+                    "serving",
+                    [
+                        DynamicConfigValue(
+                            id_val="mappings", value=value_texts({2: ("serving", "green"), 1: ("", "text")})
+                        )
+                    ],
+                ),
+            ],
+            sort_by="version",
         )
     )
 

@@ -49,6 +49,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fleetmon.config import Config, FileSource, SqlSource
@@ -152,8 +153,10 @@ class OutputsPipeline:
 
     # ---------------------------------------------------------------------------- counters
     def counters(self) -> dict[str, Any]:
-        """Every counter this pipeline exports, as JSON for the state file (non-zero entries only)."""
+        """Every counter this pipeline exports, as JSON for the state file (non-zero entries only), and each
+        model's serving version (``[*labels, version, made_at]``: it outlives the rows' retention)."""
         fleet = self.fleet
+        store = self.store
         return {
             "predictions": [
                 [*fleet.model_labels[i], int(n)] for i, n in enumerate(self.store.predictions_total) if n
@@ -174,6 +177,10 @@ class OutputsPipeline:
                 )
             },
             "quarantine_write_errors": self.quarantine.write_errors,
+            "serving_versions": [
+                [*fleet.model_labels[i], int(store.serving_version[i]), float(store.serving_made_at[i])]
+                for i in np.flatnonzero(store.serving_version > 0)
+            ],
         }
 
     def _restore_counters(self, saved: dict[str, Any]) -> None:
@@ -216,6 +223,16 @@ class OutputsPipeline:
                     if k in c:
                         c[k] = int(n)
             self.quarantine.write_errors = int(saved.get("quarantine_write_errors") or 0)
+            serving = []
+            for *key, version, made_at in saved.get("serving_versions", ()):
+                i = self.fleet.model_ids.get(tuple(key))
+                if i is None:
+                    dropped += 1
+                elif int(version) > 0:
+                    serving.append((i, int(version), float(made_at)))
+            if serving:
+                m, v, t = (np.array(x) for x in zip(*serving, strict=True))
+                self.store.set_serving(m.astype(np.int64), v.astype(np.int64), t.astype(np.float64))
         except (TypeError, ValueError) as e:
             # Counters that cannot be read are a damaged state file too; marks and files stay usable.
             self.state.errors["corrupt"] += 1

@@ -9,7 +9,8 @@ read with ``time_column > since`` with how many of each were read. ``type`` says
 written in JSON (``datetime``/``date``: ISO 8601, ``decimal``: text, ``value``: as is). An entry without
 ``seen`` (written before the overlap existed) means: every row up to the watermark was read.
 ``counters``: the pipeline's counters (``OutputsPipeline.counters()``), saved with the marks they go with, so
-they continue across a restart instead of starting at 0.
+they continue across a restart instead of starting at 0; with them each model's serving version (the
+``model_version`` of its newest served row and that row's made_at), which outlives the rows' retention.
 
 Written after every poll that changed anything, atomically (temporary file, fsync, rename), so a killed
 exporter leaves the previous complete file. The generation it replaces is kept as ``state.prev.json``. A

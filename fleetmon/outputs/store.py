@@ -10,6 +10,10 @@ kept apart, in ``Snapshot.shadow``: ``Snapshot.predictions`` holds what the mode
 quality, freshness, drift and ``predictions_total`` describe; shadow rows count in ``shadow_total`` and feed
 only the version benchmark. A prediction is a duplicate of another with the same model, ``model_version``
 (0 when absent), made_at and target_time, so a champion's and a challenger's for the same target are not.
+
+The *serving version* of a model is the ``model_version`` of its newest served row that carries one (largest
+made_at; of equal ones, the row read last): what the model serves now. Rows without a version leave it as it
+is; like ``last_made_at`` it outlives the rows' retention, and the pipeline keeps it in its state file.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ class OutputStore:
         self.actuals_total = np.zeros(n_be)
         # Survive eviction: a model that stopped predicting keeps its last timestamp.
         self.last_made_at = np.full(n_models, np.nan)
+        # Version of the newest served row with a model_version (0: none seen) and that row's made_at.
+        self.serving_version = np.zeros(n_models, dtype=np.int64)
+        self.serving_made_at = np.full(n_models, -np.inf)
         # Feature columns missing / unexpected in each model's newest rows (schema change).
         self.schema_missing = np.zeros(n_models)
         self.schema_unexpected = np.zeros(n_models)
@@ -137,10 +144,27 @@ class OutputStore:
             model = new["model"].to_numpy()
             if count:
                 self.predictions_total += np.bincount(model, minlength=len(self.predictions_total))
-            newest = pd.Series(new["made_at"].to_numpy()).groupby(model).max()
+            made_at = new["made_at"].to_numpy()
+            newest = pd.Series(made_at).groupby(model).max()
             idx = newest.index.to_numpy()
             self.last_made_at[idx] = np.fmax(self.last_made_at[idx], newest.to_numpy())
+            version = new["version"].to_numpy()
+            has = version > 0
+            if has.any():
+                self.set_serving(model[has], version[has], made_at[has])
         return rejected
+
+    def set_serving(self, model: np.ndarray, version: np.ndarray, made_at: np.ndarray) -> None:
+        """Take the newest of these (model, version, made_at) rows per model as its serving version, unless
+        the model already has a newer one (equal made_at: the later row wins). Call with the lock held (or
+        before the store is shared)."""
+        order = np.lexsort((made_at, model))  # stable: equal made_at keep the order they were read in
+        m, v, t = model[order], version[order], made_at[order]
+        last = np.r_[m[1:] != m[:-1], True]  # the last row of each model
+        m, v, t = m[last], v[last], t[last]
+        newer = t >= self.serving_made_at[m]
+        self.serving_version[m[newer]] = v[newer]
+        self.serving_made_at[m[newer]] = t[newer]
 
     def _add_actuals(self, v: Validated, batch: Batch, count: bool) -> list[Rejection]:
         rows = v.rows
