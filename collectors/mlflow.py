@@ -129,15 +129,7 @@ class MlflowCollector:
         self.cfg = cfg
         m = cfg.mlflow
         self.m = m
-        self.client = client or MlflowRest(
-            m.tracking_uri,
-            timeout=m.timeout_seconds,
-            max_retries=m.max_retries,
-            backoff=m.retry_backoff_seconds,
-            token=m.token,
-            username=m.username,
-            password=m.password,
-        )
+        self.client = client or MlflowRest.from_config(m)
         self.fleet: set[Key] = {(k.customer, k.building, k.energy, k.model) for k in cfg.fleet.models()}
         # Registered-model names the pattern gives each fleet model: exact lookup, no ambiguous regex.
         self.name_to_key: dict[str, Key] = {

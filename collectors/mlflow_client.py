@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from fleetmon.config import redact_url
+from fleetmon.config import MlflowConfig, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,20 @@ class MlflowRest:
         self.requests_total: Counter[tuple[str, str]] = Counter()
         # endpoint -> seconds spent waiting for MLflow (answers and failures alike)
         self.seconds_total: dict[str, float] = {}
+
+    @classmethod
+    def from_config(cls, m: MlflowConfig) -> MlflowRest:
+        """A client with the ``mlflow`` section's URL, timeout, retries and credentials (the config has
+        taken MLFLOW_TRACKING_URI / _TOKEN / _USERNAME / _PASSWORD from the environment already)."""
+        return cls(
+            m.tracking_uri,
+            timeout=m.timeout_seconds,
+            max_retries=m.max_retries,
+            backoff=m.retry_backoff_seconds,
+            token=m.token,
+            username=m.username,
+            password=m.password,
+        )
 
     def close(self) -> None:
         self.session.close()

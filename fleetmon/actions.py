@@ -275,16 +275,7 @@ class Actions:
     # ------------------------------------------------------------------------------------ MLflow
     def _client(self) -> MlflowRest:
         if self._mlflow is None:
-            m = self.mlflow_cfg
-            self._mlflow = MlflowRest(
-                m.tracking_uri,
-                timeout=m.timeout_seconds,
-                max_retries=m.max_retries,
-                backoff=m.retry_backoff_seconds,
-                token=m.token or os.environ.get("MLFLOW_TRACKING_TOKEN"),
-                username=m.username or os.environ.get("MLFLOW_TRACKING_USERNAME"),
-                password=m.password or os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-            )
+            self._mlflow = MlflowRest.from_config(self.mlflow_cfg)
         return self._mlflow
 
     def _registered_model(self, labels: dict[str, str], alias: str) -> tuple[str, str | None]:

@@ -238,15 +238,7 @@ class Scorer:
         self.retry_at: dict[tuple[str, int], float] = {}
         self._load_state()
         m = cfg.mlflow
-        self.mlflow = MlflowRest(
-            m.tracking_uri,
-            timeout=m.timeout_seconds,
-            max_retries=m.max_retries,
-            backoff=m.retry_backoff_seconds,
-            token=m.token or os.environ.get("MLFLOW_TRACKING_TOKEN"),
-            username=m.username or os.environ.get("MLFLOW_TRACKING_USERNAME"),
-            password=m.password or os.environ.get("MLFLOW_TRACKING_PASSWORD"),
-        )
+        self.mlflow = MlflowRest.from_config(m)
         self.workers = [
             Worker(self.sc.memory_limit_mb, self.sc.cache_size, m.tracking_uri)
             for _ in range(self.sc.workers)

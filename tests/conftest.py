@@ -21,7 +21,7 @@ import yaml
 
 from fleetmon import pki
 from fleetmon.config import Config, load_config
-from fleetmon.procs import free_port, start_mlflow_server, stop_group
+from fleetmon.procs import free_port, spawn, start_mlflow_server, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,6 +44,29 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = start_mlflow_server(port, tmp_path_factory.mktemp("mlflow"))
     try:
         yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(proc)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[str]:
+    """A real Pushgateway (Debian's ``prometheus-pushgateway``) on a free port; yields its URL."""
+    if shutil.which("prometheus-pushgateway") is None:
+        pytest.skip("prometheus-pushgateway not installed")
+    port = free_port()
+    proc = spawn(
+        # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: keep tests apart.
+        [
+            "prometheus-pushgateway",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--persistence.file={tmp_path / 'pushgateway.data'}",
+        ],
+        tmp_path / "pushgateway.log",
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/-/ready", timeout=30, proc=proc)
+        yield url
     finally:
         stop_group(proc)
 

@@ -27,6 +27,7 @@ from fleetmon.dashboards.verify import (
     link_errors,
     panels,
     prom_duration,
+    resolve,
     round_interval,
     targets,
     variable_names,
@@ -486,3 +487,43 @@ def test_platform_shows_the_four_golden_signals_per_app_and_for_model_serving() 
     serving = {t: e for t, e in exprs.items() if t.startswith("Model serving")}
     assert {"Model serving latency (p50 / p95 / p99)", "Model serving saturation"} <= set(serving)
     assert all('app="model-serving"' in e for es in serving.values() for e in es if "host_cpu" not in e)
+
+
+def test_variables_take_the_value_the_dashboard_opens_with() -> None:
+    """A variable saved as All (fleet-wide dashboards) is evaluated as All, the others on their first value;
+    the label values come from the variable's own query, chained."""
+
+    class Labels:
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, str | None]] = []
+
+        def label_values(self, label: str, match: str | None, ctx: Context) -> list[str]:
+            self.asked.append((label, match))
+            return {"customer": ["c1", "c2"], "building": ["b1", "b2"]}[label]
+
+    fleetwide = {
+        "name": "customer",
+        "type": "query",
+        "query": "label_values(m, customer)",
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"text": "All", "value": "$__all"},
+    }
+    single = {
+        "name": "building",
+        "type": "query",
+        "query": 'label_values(m{customer=~"$customer"}, building)',
+    }
+    labels = Labels()
+    ctx = Context(now=0, range_s=3600)
+    resolve({"templating": {"list": [fleetwide, single]}}, labels, ctx)  # type: ignore[arg-type]
+    assert (
+        ctx.interpolate('m{customer=~"$customer",building=~"$building"}')
+        == 'm{customer=~".*",building=~"b1"}'
+    )
+    assert labels.asked == [("customer", "m"), ("building", 'm{customer=~".*"}')]
+    # saved on one value: the first option, as before
+    ctx = Context(now=0, range_s=3600)
+    resolve({"templating": {"list": [{**fleetwide, "current": {"value": "c2"}}, single]}}, Labels(), ctx)  # type: ignore[arg-type]
+    assert ctx.values["customer"] == "c1"

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetmon import push
 from fleetmon.config import ModelKey
-from fleetmon.procs import free_port, spawn, stop_group, wait_for_http
+from fleetmon.procs import free_port
 
 KEY = ModelKey(customer="c01", building="c01-b001", energy="heating", model="forecast")
 # The Pushgateway adds an empty ``instance`` label to every pushed series.
@@ -24,26 +23,6 @@ GROUP = {"job": "training", "instance": "", **KEY.labels()}
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus-pushgateway") is None, reason="prometheus-pushgateway not installed"
 )
-
-
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = spawn(
-        # Debian's build persists to /var/lib/prometheus/pushgateway.data by default: keep tests apart.
-        [
-            "prometheus-pushgateway",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--persistence.file={tmp_path / 'pushgateway.data'}",
-        ],
-        tmp_path / "pushgateway.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{url}/-/ready", timeout=30, proc=proc)
-        yield url
-    finally:
-        stop_group(proc)
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -21,7 +21,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetmon.config import Config
-from fleetmon.procs import free_port, spawn, stop_group, wait_for_http
 from fleetmon.scoring import CycleResult, Scorer, main, push_cycle
 from tests.fixtures.scoring import models as bad_models
 from tests.test_outputs import Harness
@@ -39,12 +38,18 @@ def iso(t: float) -> str:
 def tracking(uri: str) -> Iterator[None]:
     import mlflow
 
-    before = mlflow.get_tracking_uri()
+    # set_tracking_uri also sets MLFLOW_TRACKING_URI in os.environ, which every later subprocess of the
+    # session (a `fleetmon demo run` of another test) would inherit: restore the variable exactly.
+    env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(None)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 class Fleet:
@@ -339,37 +344,23 @@ def test_a_damaged_state_file_scores_afresh(tmp_path: Path, bad: str) -> None:
         scorer.close()
 
 
-def test_a_cycle_is_pushed_as_the_benchmark_job(tmp_path: Path) -> None:
-    port = free_port()
-    proc = spawn(
-        [
-            "prometheus-pushgateway",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--persistence.file={tmp_path / 'pushgateway.data'}",
-        ],
-        tmp_path / "pushgateway.log",
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(url + "/-/ready", timeout=30, proc=proc)
-        res = CycleResult(versions=3, rows_scored=120, calls=4, cache_hits=3, seconds=2.5)
-        res.failures["timeout"] = 1
-        push_cycle(res, [], gateway=url)
-        text = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
-        got = {
-            (s.name, s.labels.get("job"), s.labels.get("reason"), s.labels.get("outcome")): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        }
-        assert got[("fleetmon_scoring_rows_scored", "fleetmon-scoring", None, None)] == 120
-        assert got[("fleetmon_scoring_cache_hit_ratio", "fleetmon-scoring", None, None)] == 0.75
-        assert got[("fleetmon_scoring_failures", "fleetmon-scoring", "timeout", None)] == 1
-        assert got[("fleetmon_batch_job_last_outcome", "benchmark", None, "success")] == 1
-        assert got[("fleetmon_batch_job_duration_seconds", "benchmark", None, None)] == 2.5
-    finally:
-        stop_group(proc)
-    # a gateway that is gone: logged, never raised
-    push_cycle(res, [], gateway=url)
+def test_a_cycle_is_pushed_as_the_benchmark_job(gateway: str) -> None:
+    res = CycleResult(versions=3, rows_scored=120, calls=4, cache_hits=3, seconds=2.5)
+    res.failures["timeout"] = 1
+    push_cycle(res, [], gateway=gateway)
+    text = urllib.request.urlopen(gateway + "/metrics", timeout=10).read().decode()
+    got = {
+        (s.name, s.labels.get("job"), s.labels.get("reason"), s.labels.get("outcome")): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    assert got[("fleetmon_scoring_rows_scored", "fleetmon-scoring", None, None)] == 120
+    assert got[("fleetmon_scoring_cache_hit_ratio", "fleetmon-scoring", None, None)] == 0.75
+    assert got[("fleetmon_scoring_failures", "fleetmon-scoring", "timeout", None)] == 1
+    assert got[("fleetmon_batch_job_last_outcome", "benchmark", None, "success")] == 1
+    assert got[("fleetmon_batch_job_duration_seconds", "benchmark", None, None)] == 2.5
+    # a gateway that is not there: logged, never raised
+    push_cycle(res, [], gateway="http://127.0.0.1:9")
 
 
 def test_the_command_refuses_when_scoring_is_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -385,25 +385,6 @@ pushgateway = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = spawn(
-        [
-            "prometheus-pushgateway",
-            f"--web.listen-address=127.0.0.1:{port}",
-            f"--persistence.file={tmp_path / 'pushgateway.data'}",
-        ],
-        tmp_path / "pushgateway.log",
-    )
-    gw = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{gw}/-/ready", timeout=30, proc=proc)
-        yield gw
-    finally:
-        stop_group(proc)
-
-
 def group(key: ModelKey, **labels: str) -> frozenset[tuple[str, str]]:
     return frozenset({"job": "training", "instance": "", **key.labels(), **labels}.items())
 

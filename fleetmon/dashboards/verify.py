@@ -9,7 +9,8 @@ query. A query passes when Prometheus answers without error and with at least on
 
     python -m fleetmon.dashboards.verify --prometheus http://127.0.0.1:9090 [--range 6h] [-v]
 
-The first value of every variable is used; when a query is empty, the other values of the dashboard's
+Every variable takes the value the dashboard opens with: All where it is saved as All (the fleet-wide
+dashboards, multi-value), else its first value; when a query is empty, the other values of the dashboard's
 last query variable are tried too (a forecaster-only panel is empty for an anomaly detector by design).
 """
 
@@ -270,7 +271,8 @@ def resolve(
 ) -> list[str]:
     """Fill `ctx` with every variable of the dashboard, in order; returns the names of empty query variables.
 
-    Query variables take their first value (or `overrides[name]`); the others keep their saved value.
+    Query variables take `overrides[name]`, else All when saved as All, else their first value; the others
+    keep their saved value.
     """
     empty = []
     for raw in (dashboard.get("templating") or {}).get("list") or []:
@@ -284,7 +286,12 @@ def resolve(
                 ctx.values[var.name] = ""
                 continue
             wanted = (overrides or {}).get(var.name)
-            ctx.values[var.name] = wanted if wanted in options else options[0]
+            if wanted in options:
+                ctx.values[var.name] = wanted
+            elif var.include_all and var.current in (ALL, [ALL]) and wanted is None:
+                ctx.values[var.name] = ALL  # a fleet-wide dashboard opens on All, as saved
+            else:
+                ctx.values[var.name] = options[0]
         elif var.type == "custom":
             ctx.values[var.name] = var.current if var.current else options[0]
         else:
