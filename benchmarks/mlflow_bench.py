@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         full_t, full_n = timed_poll(exp, coll, "full")
         rss1 = proc.memory_info().rss
         same_t, same_n = timed_poll(exp, coll, "unchanged")
-        reg = exp.registry
+        reg = exp.scraped  # registry output and pre-rendered parts, as a scrape sees them
         runs = total(reg, "fleetmon_mlflow_runs")
         print(f"\nfleet: {len(cfg.fleet.models()):,} models; exporter state holds {int(runs):,} mapped runs")
         print(f"{'poll':<34}{'seconds':>10}{'requests':>10}")
