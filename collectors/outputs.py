@@ -347,6 +347,58 @@ def versions_families(p: OutputsPipeline, v: Versions) -> list[Metric]:
             1.0,
         ),
     ]
+    on_common_detector = (
+        " (anomaly detectors; anomaly_flag of the version's newest score per target) on the targets every "
+        "version of the model seen in the window scored"
+    )
+    on_labelled = on_common_detector + " whose actual carries an anomaly_label." + cached
+    fams += [
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_flag_rate_ratio",
+                "Share of targets the version flagged as anomalous" + on_common_detector + "." + cached,
+                labels=vl,
+            ),
+            "flag_rate",
+            1.0,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_labelled_targets",
+                "Targets with an anomaly_label" + on_common_detector + "." + cached,
+                labels=vl,
+            ),
+            "labelled",
+            1.0,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_precision_ratio",
+                "Precision of the version's anomaly flags against the labels" + on_labelled,
+                labels=vl,
+            ),
+            "precision",
+            1.0,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_recall_ratio",
+                "Recall of the version's anomaly flags against the labels" + on_labelled,
+                labels=vl,
+            ),
+            "recall",
+            1.0,
+        ),
+        (
+            GaugeMetricFamily(
+                "fleetmon_model_version_f1_ratio",
+                "F1 score of the version's anomaly flags against the labels" + on_labelled,
+                labels=vl,
+            ),
+            "f1",
+            1.0,
+        ),
+    ]
     vs = v.versions
     if len(vs):
         models = vs["model"].to_numpy(dtype=np.int64)
@@ -368,16 +420,30 @@ def versions_families(p: OutputsPipeline, v: Versions) -> list[Metric]:
         + cached,
         labels=cl,
     )
+    mcnemar = GaugeMetricFamily(
+        "fleetmon_model_challenger_mcnemar_pvalue",
+        "Anomaly detectors: two-sided p-value of McNemar's exact test of champion against challenger on the "
+        "paired correctness of the labelled targets both scored." + cached,
+        labels=cl,
+    )
+    flag_ratio = GaugeMetricFamily(
+        "fleetmon_model_challenger_flag_rate_ratio",
+        "Anomaly detectors: the challenger's flag rate over the champion's, on the targets both scored "
+        "(labelled or not)." + cached,
+        labels=cl,
+    )
     improvement = GaugeMetricFamily(
         "fleetmon_model_challenger_loss_improvement_ratio",
         "Mean loss of the champion minus the challenger's, over the champion's, on the targets both predicted "
-        "(0.1 = the challenger's loss is 10% lower; negative = worse)." + cached,
+        "(0.1 = the challenger's loss is 10% lower; negative = worse). Anomaly detectors: the loss is 1 - F1 "
+        "on the labelled targets." + cached,
         labels=cl,
     )
     outperforms = GaugeMetricFamily(
         "fleetmon_model_challenger_outperforms",
         "1 if the challenger beats the champion: loss improvement above outputs.versions.margin on at least "
-        "min_targets paired targets with a Diebold-Mariano p-value below alpha; else 0." + cached,
+        "min_targets paired targets with a Diebold-Mariano (anomaly detectors: McNemar, on labelled targets) "
+        "p-value below alpha; else 0." + cached,
         labels=cl,
     )
     ch = v.challengers
@@ -388,14 +454,18 @@ def versions_families(p: OutputsPipeline, v: Versions) -> list[Metric]:
         p_ = ch["pvalue"].to_numpy(dtype=np.float64)
         imp = ch["improvement"].to_numpy(dtype=np.float64)
         outp = ch["outperforms"].to_numpy(dtype=np.float64)
+        test = ch["test"].to_numpy()
+        fr = ch["flag_rate_ratio"].to_numpy(dtype=np.float64)
         for i in range(len(ch)):
             key = [*labels[models[i]], str(champ[i]), str(chall[i])]
             if not np.isnan(p_[i]):
-                pvalue.add_metric(key, float(p_[i]))
+                (mcnemar if test[i] == "mcnemar" else pvalue).add_metric(key, float(p_[i]))
+            if np.isfinite(fr[i]):
+                flag_ratio.add_metric(key, float(fr[i]))
             if np.isfinite(imp[i]):
                 improvement.add_metric(key, float(imp[i]))
             outperforms.add_metric(key, float(outp[i]))
-    return [paired, *(g for g, _, _ in fams), pvalue, improvement, outperforms]
+    return [paired, *(g for g, _, _ in fams), pvalue, mcnemar, flag_ratio, improvement, outperforms]
 
 
 def ingest_families(p: OutputsPipeline) -> list[Metric]:

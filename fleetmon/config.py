@@ -384,6 +384,8 @@ class VersionsConfig(_Model):
     min_targets: int = Field(default=24, ge=2)
     alpha: float = Field(default=0.05, gt=0, lt=1)
     loss: Literal["squared", "absolute"] = "squared"
+    # The forecasts' horizon in steps (Diebold-Mariano's h: HAC lags 0..h-1); 1 for one-step-ahead.
+    horizon: int = Field(default=1, ge=1, le=168)
 
 
 class DriftConfig(_Model):

@@ -26,6 +26,40 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+_handed_out: set[int] = set()
+
+
+def free_port_below_ephemeral(host: str = "127.0.0.1") -> int:
+    """A free TCP port below the kernel's ephemeral range, for a server that starts only seconds later.
+
+    ``free_port``'s port comes from that range, where anything else on the machine (another test process's
+    ``bind(0)``, an outgoing connection) can take it before the server binds; the kernel never hands out a
+    port below the range by itself. Each process starts at a point of its own (its pid) and never repeats one.
+    """
+    low = _ephemeral_low()
+    first, span = 10000, max(low - 10000, 1000)
+    start = os.getpid() * 7919 % span
+    for step in range(span):
+        port = first + (start + step) % span
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port between {first} and {first + span}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

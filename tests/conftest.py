@@ -21,7 +21,14 @@ import yaml
 
 from fleetmon import pki
 from fleetmon.config import Config, load_config
-from fleetmon.procs import free_port, spawn, start_mlflow_server, stop_group, wait_for_http
+from fleetmon.procs import (
+    free_port,
+    free_port_below_ephemeral,
+    spawn,
+    start_mlflow_server,
+    stop_group,
+    wait_for_http,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,7 +177,8 @@ def _post(url: str) -> None:
 
 def _demo_stack_config(tmp: Path, tuning: dict[str, Any] | None = None) -> Path:
     """The shipped config and demo fleet copied to tmp/config, every port moved to a free one (so ../var is
-    tmp/var), with ``tuning`` merged in."""
+    tmp/var), with ``tuning`` merged in. The ports lie below the ephemeral range: the stack binds them only
+    after MLflow has started, and meanwhile the other pytest process binds ports of its own."""
     conf_dir = tmp / "config"
     conf_dir.mkdir()
     doc = yaml.safe_load((ROOT / "config" / "fleetmon.yml").read_text())
@@ -178,7 +186,7 @@ def _demo_stack_config(tmp: Path, tuning: dict[str, Any] | None = None) -> Path:
     if include:
         shutil.copy(ROOT / "config" / include, conf_dir / include)
     for section in ("mlflow", "outputs", "platform"):
-        doc[section]["listen"]["port"] = free_port()
+        doc[section]["listen"]["port"] = free_port_below_ephemeral()
     stack = doc.setdefault("stack", {})
     for key in (
         "prometheus_port",
@@ -188,10 +196,10 @@ def _demo_stack_config(tmp: Path, tuning: dict[str, Any] | None = None) -> Path:
         "grafana_port",
         "webhook_port",
     ):
-        stack[key] = free_port()
+        stack[key] = free_port_below_ephemeral()
     doc["mlflow"]["tracking_uri"] = f"http://127.0.0.1:{stack['mlflow_port']}"
     # the simulator's training API, and the retraining requests the webhook receiver posts to it
-    api_port = free_port()
+    api_port = free_port_below_ephemeral()
     doc.setdefault("demo", {})["training_api_port"] = api_port
     retrain = doc.get("actions", {}).get("retrain")
     if retrain and retrain.get("url"):

@@ -77,6 +77,15 @@ def version_series(h: Harness) -> dict[str, list[tuple[dict[str, str], float]]]:
     return {n: h.samples(n) for n in names}
 
 
+def promtool_passes(h: Harness) -> None:
+    promtool = shutil.which("promtool")
+    if promtool:
+        res = subprocess.run(
+            [promtool, "check", "metrics"], input=h.exporter.exposition(), capture_output=True, timeout=30
+        )
+        assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
 # ------------------------------------------------------------------------------------ hand-computed
 def champion_and_challenger(tmp: Path) -> None:
     t = [NOW - k * H for k in (4, 3, 2, 1)]
@@ -263,13 +272,7 @@ def test_a_truly_better_challenger_outperforms_a_worse_one_and_a_short_one_do_no
         assert h.get("fleetmon_model_challenger_dm_pvalue", **short_key) < 0.05
         assert h.get("fleetmon_model_challenger_loss_improvement_ratio", **short_key) > 0.5
         assert h.get("fleetmon_model_challenger_outperforms", **short_key) == 0  # too few targets
-        # the exposition with the new families passes promtool
-        promtool = shutil.which("promtool")
-        if promtool:
-            res = subprocess.run(
-                [promtool, "check", "metrics"], input=h.exporter.exposition(), capture_output=True, timeout=30
-            )
-            assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+        promtool_passes(h)  # the exposition with the new families
     finally:
         h.close()
 
@@ -369,3 +372,171 @@ def test_champion_and_challenger_for_the_same_target_are_no_duplicates(tmp_path:
         assert len(h.samples("fleetmon_model_version_paired_targets")) == 3
     finally:
         h.close()
+
+
+# ------------------------------------------------------------------------------------ anomaly detectors
+DETECTOR = {"customer": "c1", "building": "b1", "energy": "heating", "model": "anomaly"}
+
+
+def apred(target: float, flag: int, version: int, alias: str, b: str = "b1") -> dict[str, Any]:
+    rec = pred(b, "heating", "anomaly", target, score=0.9 if flag else 0.1, flag=flag)
+    rec["model_version"], rec["alias"] = version, alias
+    return rec
+
+
+def labelled(target: float, label: Any, b: str = "b1") -> dict[str, Any]:
+    rec = actual(b, "heating", target, 10.0)
+    if label is not None:
+        rec["anomaly_label"] = label
+    return rec
+
+
+def test_detector_versions_get_precision_recall_f1_on_labels_and_flag_rates_without(tmp_path: Path) -> None:
+    t = [NOW - k * H for k in range(6, 0, -1)]
+    labels = [1, 1, 0, 0, None, None]  # the last two hours are not labelled
+    champion = [1, 0, 1, 0, 1, 1]  # TP, FN, FP, TN; two flags on unlabelled hours
+    challenger = [1, 1, 0, 0, 0, 1]  # TP, TP, TN, TN
+    h = harness(tmp_path)
+    try:
+        write_jsonl(
+            tmp_path / "pred" / "a.jsonl",
+            [apred(ti, f, 3, "champion") for ti, f in zip(t, champion, strict=True)]
+            + [apred(ti, f, 4, "challenger") for ti, f in zip(t, challenger, strict=True)],
+        )
+        write_jsonl(
+            tmp_path / "act" / "a.jsonl", [labelled(ti, lab) for ti, lab in zip(t, labels, strict=True)]
+        )
+        h.poll()
+        champ = {**DETECTOR, "version": "3", "alias": "champion"}
+        chall = {**DETECTOR, "version": "4", "alias": "challenger"}
+        assert h.get("fleetmon_model_version_paired_targets", **champ) == 6
+        assert h.get("fleetmon_model_version_labelled_targets", **champ) == 4
+        assert h.get("fleetmon_model_version_flag_rate_ratio", **champ) == pytest.approx(4 / 6)
+        assert h.get("fleetmon_model_version_flag_rate_ratio", **chall) == pytest.approx(3 / 6)
+        assert h.get("fleetmon_model_version_precision_ratio", **champ) == pytest.approx(0.5)
+        assert h.get("fleetmon_model_version_recall_ratio", **champ) == pytest.approx(0.5)
+        assert h.get("fleetmon_model_version_f1_ratio", **champ) == pytest.approx(0.5)
+        assert h.get("fleetmon_model_version_f1_ratio", **chall) == pytest.approx(1.0)
+        # a detector has no forecast errors, a forecaster no flags
+        assert h.get("fleetmon_model_version_mae_joules", **champ) is None
+        key = {**DETECTOR, "champion_version": "3", "challenger_version": "4"}
+        assert h.get("fleetmon_model_challenger_flag_rate_ratio", **key) == pytest.approx(3 / 4)
+        # (1 - 0.5) / (1 - 0.5): the challenger removes all of the champion's F1 shortfall
+        assert h.get("fleetmon_model_challenger_loss_improvement_ratio", **key) == pytest.approx(1.0)
+        # McNemar: 0 targets only the champion got right, 2 only the challenger: p = 2 * 0.5^2
+        assert h.get("fleetmon_model_challenger_mcnemar_pvalue", **key) == pytest.approx(0.5)
+        assert h.get("fleetmon_model_challenger_dm_pvalue", **key) is None
+        assert h.get("fleetmon_model_challenger_outperforms", **key) == 0  # 4 labelled targets < 24
+        promtool_passes(h)
+    finally:
+        h.close()
+
+
+def test_a_better_detector_outperforms_on_enough_labels_and_never_without(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    n = 150  # inside the 7-day window
+    targets = [NOW - (k + 1) * H for k in range(n)]
+    truth = rng.random(n) < 0.2
+    # the champion misses or invents 30 % of its answers, the challenger 5 %
+    champ = np.where(rng.random(n) < 0.3, ~truth, truth).astype(int)
+    chall = np.where(rng.random(n) < 0.05, ~truth, truth).astype(int)
+    recs = []
+    for i, t in enumerate(targets):
+        for b in ("b1", "b2"):
+            recs.append(apred(t, int(champ[i]), 1, "champion", b))
+            recs.append(apred(t, int(chall[i]), 2, "challenger", b))
+    acts = [labelled(t, str(int(truth[i]))) for i, t in enumerate(targets)]  # "1" / "0", as CSV has them
+    acts += [labelled(t, None, "b2") for t in targets]  # b2: no labels at all
+    h = harness(tmp_path)
+    try:
+        write_jsonl(tmp_path / "pred" / "a.jsonl", recs)
+        write_jsonl(tmp_path / "act" / "a.jsonl", acts)
+        h.poll()
+        key = {**DETECTOR, "champion_version": "1", "challenger_version": "2"}
+        b = int(((champ == truth) & (chall != truth)).sum())
+        c = int(((champ != truth) & (chall == truth)).sum())
+        want_p = min(1.0, stats.binomtest(min(b, c), b + c, 0.5).pvalue)
+        assert h.get("fleetmon_model_challenger_mcnemar_pvalue", **key) == pytest.approx(want_p)
+        assert want_p < 1e-4
+        assert h.get("fleetmon_model_challenger_outperforms", **key) == 1
+        unlabelled = {**key, "building": "b2"}
+        assert h.get("fleetmon_model_challenger_outperforms", **unlabelled) == 0
+        assert h.get("fleetmon_model_challenger_mcnemar_pvalue", **unlabelled) is None
+        assert h.get("fleetmon_model_challenger_flag_rate_ratio", **unlabelled) == pytest.approx(
+            chall.sum() / champ.sum()
+        )
+        assert (
+            h.get(
+                "fleetmon_model_version_f1_ratio",
+                **{**DETECTOR, "building": "b2", "version": "1", "alias": "champion"},
+            )
+            is None
+        )
+    finally:
+        h.close()
+
+
+def test_bad_anomaly_labels_are_rejected_and_quarantined(tmp_path: Path) -> None:
+    t = NOW - H
+    h = harness(tmp_path)
+    try:
+        write_jsonl(
+            tmp_path / "act" / "a.jsonl",
+            [labelled(t, "yes"), labelled(t - H, 2), labelled(t - 2 * H, 1), labelled(t - 3 * H, None)],
+        )
+        h.poll()
+        assert (
+            h.get(
+                "fleetmon_outputs_rows_rejected_total",
+                reason="wrong_type",
+                kind="actuals",
+                customer="c1",
+                building="b1",
+                energy="heating",
+                model="",
+            )
+            is not None
+        )
+        reasons = sorted((r["reason"], r["detail"]) for r in quarantined(tmp_path))
+        assert reasons == [
+            ("out_of_range", "anomaly_label not 0 or 1"),
+            ("wrong_type", "anomaly_label is not 0/1"),
+        ]
+    finally:
+        h.close()
+
+
+def test_the_dm_horizon_is_configurable(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 60
+    targets = [NOW - (k + 1) * H for k in range(n)]
+    acts = 50 + rng.random(n)
+    # autocorrelated champion errors, as overlapping multi-step forecasts make them
+    e_champ = np.convolve(rng.normal(0, 2, n + 3), np.ones(4) / 2, mode="valid")[:n]
+    e_chall = rng.normal(0, 1.0, n)
+    recs = []
+    for i, t in enumerate(targets):
+        recs.append(vpred("b1", "heating", t, float(acts[i] + e_champ[i]), 1, "champion"))
+        recs.append(vpred("b1", "heating", t, float(acts[i] + e_chall[i]), 2, "challenger"))
+    key = {**MODEL, "champion_version": "1", "challenger_version": "2"}
+    got = {}
+    for hz in (1, 4):
+        d = tmp_path / f"h{hz}"
+        h = harness(d, horizon=hz)
+        try:
+            write_jsonl(d / "pred" / "p.jsonl", recs)
+            write_jsonl(
+                d / "act" / "a.jsonl",
+                [actual("b1", "heating", t, float(acts[i])) for i, t in enumerate(targets)],
+            )
+            h.poll()
+            got[hz] = h.get("fleetmon_model_challenger_dm_pvalue", **key)
+        finally:
+            h.close()
+    # the errors as the pipeline sees them, in target order (oldest first)
+    order = np.argsort(targets)
+    ec = np.array([float(acts[i] + e_champ[i]) - float(acts[i]) for i in order])
+    ex = np.array([float(acts[i] + e_chall[i]) - float(acts[i]) for i in order])
+    for hz in (1, 4):
+        assert got[hz] == pytest.approx(dm_plain(list(ec * ec - ex * ex), hz)[1], rel=1e-6)
+    assert got[1] != pytest.approx(got[4])

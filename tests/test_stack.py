@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from fleetmon.config import load_config
-from fleetmon.procs import free_port, port_open, spawn, stop_group
+from fleetmon.procs import free_port_below_ephemeral, port_open, spawn, stop_group
 from fleetmon.stack import (
     ALERTMANAGER_YML,
     GRAFANA_HARDENING,
@@ -36,20 +36,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def write_config(tmp_path: Path, **stack: object) -> Path:
     ports = {
-        "prometheus_port": free_port(),
-        "alertmanager_port": free_port(),
-        "pushgateway_port": free_port(),
-        "mlflow_port": free_port(),
-        "grafana_port": free_port(),
-        "webhook_port": free_port(),
+        "prometheus_port": free_port_below_ephemeral(),
+        "alertmanager_port": free_port_below_ephemeral(),
+        "pushgateway_port": free_port_below_ephemeral(),
+        "mlflow_port": free_port_below_ephemeral(),
+        "grafana_port": free_port_below_ephemeral(),
+        "webhook_port": free_port_below_ephemeral(),
     }
     ports.update(stack)  # type: ignore[arg-type]
     cfg = tmp_path / "config" / "fleetmon.yml"
     cfg.parent.mkdir(parents=True, exist_ok=True)
     doc = {
-        "mlflow": {"listen": {"port": free_port()}},
-        "outputs": {"listen": {"port": free_port()}},
-        "platform": {"listen": {"port": free_port()}},
+        "mlflow": {"listen": {"port": free_port_below_ephemeral()}},
+        "outputs": {"listen": {"port": free_port_below_ephemeral()}},
+        "platform": {"listen": {"port": free_port_below_ephemeral()}},
         "stack": {"state_dir": "../var/run", "log_dir": "../var/log", "data_dir": "../var/data", **ports},
     }
     cfg.write_text(yaml.safe_dump(doc))

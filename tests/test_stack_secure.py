@@ -35,7 +35,7 @@ from cryptography import x509
 
 from fleetmon import pki
 from fleetmon.config import load_config
-from fleetmon.procs import free_port, port_open
+from fleetmon.procs import free_port_below_ephemeral, port_open
 from fleetmon.stack import GRAFANA_PROVISIONING, Paths, grafana_component, plan
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,14 +46,14 @@ SERVERS = ("prometheus", "alertmanager", "pushgateway", "webhook", "exporter-pla
 def write_config(tmp_path: Path, **stack: Any) -> Path:
     """A config on free ports with stack.secure on (everything else the defaults)."""
     doc = {
-        "mlflow": {"listen": {"port": free_port()}},
-        "outputs": {"listen": {"port": free_port()}},
-        "platform": {"listen": {"port": free_port()}},
+        "mlflow": {"listen": {"port": free_port_below_ephemeral()}},
+        "outputs": {"listen": {"port": free_port_below_ephemeral()}},
+        "platform": {"listen": {"port": free_port_below_ephemeral()}},
         "stack": {
             "secure": True,
             "demo": False,
             **{
-                k: free_port()
+                k: free_port_below_ephemeral()
                 for k in (
                     "prometheus_port",
                     "alertmanager_port",

@@ -10,10 +10,12 @@ rows and rejections, each with one reason (the first that applies, in this order
   unknown_fleet_key          customer/building/energy(/model) not in the configured fleet
   wrong_type                 a timestamp that is not RFC 3339, a number or feature that is not numeric,
                              ``features`` that is not an object, a ``model_version`` that is not a positive
-                             integer (1, "1", 1.0), an ``alias`` that is not text
+                             integer (1, "1", 1.0), an ``alias`` that is not text, an actual's
+                             ``anomaly_label`` that is not a number
   missing_value              a number the record needs (prediction, anomaly score/flag, actual) is
                              absent, null or NaN
-  out_of_range               an infinite number, an anomaly score outside 0..1, a flag other than 0/1
+  out_of_range               an infinite number, an anomaly score outside 0..1, a flag or an actual's
+                             anomaly_label other than 0/1
   future_timestamp           made_at (predictions) or target_time/observed_at (actuals) later than
                              now + max_future_skew_seconds
   schema_missing_feature     a configured feature column is absent (null values are allowed: they are
@@ -419,7 +421,7 @@ class Validated:
     kind: Kind
     # predictions: model, be, made_at, target, prediction, score, flag, version, alias, shadow,
     #   features.<f>...
-    # actuals: be, target, actual, observed_at
+    # actuals: be, target, actual, observed_at, label (anomaly label: 1, 0, NaN = none)
     rows: pd.DataFrame
     loc: np.ndarray  # batch row index of each accepted row (for duplicates found later)
     rejected: list[Rejection]
@@ -472,6 +474,10 @@ def validate(
         r.set(a_bad, "wrong_type", "actual is not a number")
         r.set(np.isnan(actual), "missing_value", "actual is absent, null or NaN")
         r.set(np.isinf(actual), "out_of_range", "actual is infinite")
+        # Optional: the hour was a confirmed anomaly (1) or confirmed normal (0); absent = not labelled.
+        label, l_bad = num_col("anomaly_label")
+        r.set(l_bad, "wrong_type", "anomaly_label is not 0/1")
+        r.set(~np.isnan(label) & (label != 0) & (label != 1), "out_of_range", "anomaly_label not 0 or 1")
         r.set(target > horizon, "future_timestamp", "target_time is in the future")
         r.set(observed > horizon, "future_timestamp", "observed_at is in the future")
         ok = r.ok
@@ -481,6 +487,7 @@ def validate(
                 "target": target[ok],
                 "actual": actual[ok],
                 "observed_at": observed[ok],
+                "label": label[ok],
             }
         )
         return Validated("actuals", rows, np.flatnonzero(ok), _rejections(batch, r, ids, fleet))

@@ -38,7 +38,7 @@ def actual_key(be: np.ndarray, target: np.ndarray) -> np.ndarray:
 class Snapshot:
     # served rows: model, be, made_at, target, prediction, score, flag, version, alias, shadow, features.<f>...
     predictions: pd.DataFrame
-    actuals: pd.DataFrame  # be, target, actual, observed_at
+    actuals: pd.DataFrame  # be, target, actual, observed_at, label (anomaly label; NaN: none)
     shadow: pd.DataFrame = field(default_factory=pd.DataFrame)  # shadow rows, the same columns
 
 
@@ -58,6 +58,7 @@ class OutputStore:
                     "target": np.empty(0),
                     "actual": np.empty(0),
                     "observed_at": np.empty(0),
+                    "label": np.empty(0),
                 }
             )
         ]

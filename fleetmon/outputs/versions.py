@@ -17,14 +17,27 @@ Rows: every forecaster prediction with a ``model_version`` (served rows and shad
   = the challenger did better), ordered by target time. Diebold-Mariano (1995) statistic
   ``DM = mean(d) / sqrt(V / n)`` with ``V`` the Newey-West/HAC long-run variance of ``d`` with uniform weights
   up to lag ``h - 1`` (DM's own choice for ``h``-step forecasts, ``V = gamma_0 + 2 sum_k gamma_k``,
-  autocovariances with divisor ``n``). ``HORIZON`` is 1: fleetmon compares forecasts of the same targets and
-  does not know their horizon, and lag 0 is the textbook default (``V`` = the variance of ``d``). Then the
+  autocovariances with divisor ``n``). ``h`` is ``outputs.versions.horizon`` (default 1: lag 0, the
+  textbook default, ``V`` = the variance of ``d``); set it to the forecasts' horizon in steps when a target
+  is forecast several steps ahead, so the test allows for their overlapping errors. Then the
   Harvey-Leybourne-Newbold (1997) small-sample correction
   ``DM* = DM * sqrt((n + 1 - 2h + h (h - 1) / n) / n)`` and a two-sided p-value from Student's t with
   ``n - 1`` degrees of freedom. ``improvement = mean(d) / mean(L(e_champion))``; the challenger
   *outperforms* when ``improvement > margin``, ``n >= min_targets`` and ``p < alpha``.
   A ``d`` without variance (every target the same difference) gives p = 0 when ``mean(d) != 0``, else 1;
   with ``h > 1``, a negative long-run variance falls back to lag 0 (as R's ``forecast::dm.test``).
+
+**Anomaly detectors** (``anomaly_flag`` of each version's newest row per target, same window, no actual
+needed): per version ``flag_rate`` on the common targets and, on those whose actual record carries an
+``anomaly_label`` (1 = confirmed anomaly, 0 = confirmed normal; docs/formats.md), ``labelled``,
+``precision``, ``recall`` and ``f1`` (NaN without labels, or where undefined). Champion against each
+challenger on the targets both scored: ``flag_rate_ratio`` (the challenger's flag rate over the
+champion's: what to look at when nothing is labelled); on the labelled ones, ``improvement = (F1_challenger
+- F1_champion) / (1 - F1_champion)`` (F1 as a loss ``1 - F1``, so it reads as for forecasters) and
+McNemar's exact test of the paired correctness (Dietterich 1998: the standard paired test of two
+classifiers on the same cases): ``b`` targets only the champion got right, ``c`` only the challenger,
+two-sided ``p = min(1, 2 * Binomial(b + c, 1/2).cdf(min(b, c)))``. It *outperforms* on the same terms
+(``improvement > margin``, ``n >= min_targets`` labelled targets, ``p < alpha``); without labels, never.
 
 Everything is one pass of pandas/numpy group operations over the window's rows, whatever the fleet size.
 """
@@ -40,12 +53,26 @@ from scipy import stats
 from fleetmon.config import VersionsConfig
 from fleetmon.outputs.quality import join_actuals
 from fleetmon.outputs.records import FleetIndex
-from fleetmon.outputs.store import Snapshot
+from fleetmon.outputs.store import Snapshot, actual_key
 
-# Forecast horizon h of the Diebold-Mariano test (HAC lags 0..h-1): see the module docstring.
+# Default forecast horizon h of the Diebold-Mariano test (HAC lags 0..h-1): see the module docstring.
 HORIZON = 1
 
-_VERSION_COLUMNS = ["model", "version", "alias", "paired", "mae", "rmse", "bias", "mape"]
+_VERSION_COLUMNS = [
+    "model",
+    "version",
+    "alias",
+    "paired",
+    "mae",
+    "rmse",
+    "bias",
+    "mape",
+    "flag_rate",
+    "labelled",
+    "precision",
+    "recall",
+    "f1",
+]
 _CHALLENGER_COLUMNS = [
     "model",
     "champion",
@@ -57,14 +84,18 @@ _CHALLENGER_COLUMNS = [
     "pvalue",
     "improvement",
     "outperforms",
+    "test",
+    "flag_rate_ratio",
 ]
 
 
 @dataclass
 class Versions:
-    # model, version, alias (code: 0 = "", i + 1 = aliases[i]), paired, mae, rmse, bias, mape (kWh; NaN: none)
+    # model, version, alias (code: 0 = "", i + 1 = aliases[i]), paired; forecasters: mae, rmse, bias, mape
+    # (kWh); anomaly detectors: flag_rate, labelled, precision, recall, f1 (NaN: none / the other kind)
     versions: pd.DataFrame
-    # model, champion, challenger, n, mean_d, mean_loss_champion, dm, pvalue, improvement, outperforms
+    # model, champion, challenger, n, mean_d, mean_loss_champion, dm, pvalue, improvement, outperforms,
+    # test ("dm" or "mcnemar"), flag_rate_ratio (anomaly detectors; NaN for forecasters)
     challengers: pd.DataFrame
 
 
@@ -107,48 +138,39 @@ def compute(snap: Snapshot, fleet: FleetIndex, cfg: VersionsConfig, now: float) 
     if not frames:
         return empty()
     pred = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    found = (_forecasters(pred, snap, fleet, cfg, now), _detectors(pred, snap, fleet, cfg, now))
+    parts = [p for p in found if p is not None]
+    if not parts:
+        return empty()
+    return Versions(
+        _concat([p.versions for p in parts], _VERSION_COLUMNS),
+        _concat([p.challengers for p in parts], _CHALLENGER_COLUMNS),
+    )
+
+
+def _concat(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    out = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return out.reindex(columns=columns)
+
+
+def _forecasters(
+    pred: pd.DataFrame, snap: Snapshot, fleet: FleetIndex, cfg: VersionsConfig, now: float
+) -> Versions | None:
     # Rows that can be benchmarked: a forecaster's, with a version, matured in the window, with an actual.
-    model = pred["model"].to_numpy()
-    target = pred["target"].to_numpy()
-    keep = (
-        (pred["version"].to_numpy() > 0)
-        & fleet.is_forecaster[model]
-        & (target <= now)
-        & (target > now - cfg.window_seconds)
-        & ~np.isnan(pred["prediction"].to_numpy())
-    )
-    if not keep.any():
-        return empty()
-    pred = pred[keep]
+    pred = _in_window(pred, fleet.is_forecaster, "prediction", cfg, now)
+    if pred is None:
+        return None
     actual = join_actuals(Snapshot(pred, snap.actuals))
-    rows = pd.DataFrame(
-        {
-            "model": pred["model"].to_numpy(),
-            "version": pred["version"].to_numpy(),
-            "target": pred["target"].to_numpy(),
-            "made_at": pred["made_at"].to_numpy(),
-            "alias": pred["alias"].to_numpy(),
-            "served": ~pred["shadow"].to_numpy(dtype=bool),
-            "error": pred["prediction"].to_numpy() - actual,
-            "actual": actual,
-        }
-    )
-    rows = rows[~np.isnan(actual)]
-    # The newest prediction of each version for each target.
-    rows = rows.sort_values(["made_at"], kind="stable").drop_duplicates(
-        ["model", "version", "target"], keep="last"
-    )
-    n_versions = rows.groupby("model")["version"].transform("nunique").to_numpy()
-    rows = rows[n_versions >= 2]
+    rows = _base_rows(pred).assign(error=pred["prediction"].to_numpy() - actual, actual=actual)
+    rows = _newest(rows[~np.isnan(actual)])
     if rows.empty:
-        return empty()
+        return None
 
     # ----- per version, on the model's common targets
-    by_mv = rows.groupby(["model", "version"], sort=True)
-    alias = by_mv["alias"].last()  # rows are sorted by made_at: the newest row's alias
-    n_ver = rows.groupby("model")["version"].nunique()
-    per_target = rows.groupby(["model", "target"])["version"].transform("size").to_numpy()
-    common = rows[per_target == n_ver.reindex(rows["model"]).to_numpy()]
+    alias, common = _common_targets(rows)
     e = common["error"].to_numpy()
     nz = common["actual"].to_numpy() != 0
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -176,39 +198,21 @@ def compute(snap: Snapshot, fleet: FleetIndex, cfg: VersionsConfig, now: float) 
     vs = pd.DataFrame({"alias": alias}).join(agg, how="left")
     vs["paired"] = vs["paired"].fillna(0).astype(np.int64)
     vs["rmse"] = np.sqrt(vs.pop("sq"))
-    versions = vs.reset_index()[_VERSION_COLUMNS]
+    versions = vs.reset_index().reindex(columns=_VERSION_COLUMNS)
 
     # ----- champion against each challenger, on the targets both predicted
-    served = rows[rows["served"].to_numpy()]
-    champion = served.sort_values("made_at", kind="stable").groupby("model")["version"].last()
-    if champion.empty:
-        return Versions(versions, pd.DataFrame(columns=_CHALLENGER_COLUMNS))
-    champ_rows = rows[rows["version"].to_numpy() == champion.reindex(rows["model"]).to_numpy()]
-    chall_rows = rows[rows["model"].isin(champion.index).to_numpy()]
-    chall_rows = chall_rows[
-        chall_rows["version"].to_numpy() != champion.reindex(chall_rows["model"]).to_numpy()
-    ]
-    pairs = chall_rows[["model", "version", "target", "error"]].merge(
-        champ_rows[["model", "version", "target", "error"]].rename(
-            columns={"version": "champion", "error": "error_champion"}
-        ),
-        on=["model", "target"],
-    )
+    pairs = _champion_pairs(rows, ["error"])
     if pairs.empty:
         return Versions(versions, pd.DataFrame(columns=_CHALLENGER_COLUMNS))
-    pairs = pairs.sort_values(["model", "version", "target"], kind="stable")
     if cfg.loss == "squared":
         loss_champion = pairs["error_champion"].to_numpy() ** 2
         loss_challenger = pairs["error"].to_numpy() ** 2
     else:
         loss_champion = np.abs(pairs["error_champion"].to_numpy())
         loss_challenger = np.abs(pairs["error"].to_numpy())
-    keys = pairs[["model", "champion", "version"]].to_numpy()
-    new_group = np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]
-    group = np.cumsum(new_group) - 1
-    first = keys[new_group]
+    group, first = _pair_groups(pairs)
     n_groups = len(first)
-    n, mean_d, dm, p = dm_test(loss_champion - loss_challenger, group, n_groups)
+    n, mean_d, dm, p = dm_test(loss_champion - loss_challenger, group, n_groups, cfg.horizon)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_lc = np.bincount(group, weights=loss_champion, minlength=n_groups) / n
         improvement = np.where(mean_lc > 0, mean_d / np.where(mean_lc > 0, mean_lc, 1), np.nan)
@@ -225,6 +229,198 @@ def compute(snap: Snapshot, fleet: FleetIndex, cfg: VersionsConfig, now: float) 
             "pvalue": p,
             "improvement": improvement,
             "outperforms": outperforms.astype(np.float64),
+            "test": "dm",
+            "flag_rate_ratio": np.nan,
         }
     )
     return Versions(versions, challengers)
+
+
+def _in_window(
+    pred: pd.DataFrame, of_kind: np.ndarray, value: str, cfg: VersionsConfig, now: float
+) -> pd.DataFrame | None:
+    """The rows of models of one kind (``of_kind``: per model id) with a version and a ``value``, whose
+    target is in the window; None when there are none."""
+    target = pred["target"].to_numpy()
+    keep = (
+        (pred["version"].to_numpy() > 0)
+        & of_kind[pred["model"].to_numpy()]
+        & (target <= now)
+        & (target > now - cfg.window_seconds)
+        & ~np.isnan(pred[value].to_numpy())
+    )
+    return pred[keep] if keep.any() else None
+
+
+def _base_rows(pred: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "model": pred["model"].to_numpy(),
+            "version": pred["version"].to_numpy(),
+            "target": pred["target"].to_numpy(),
+            "made_at": pred["made_at"].to_numpy(),
+            "alias": pred["alias"].to_numpy(),
+            "served": ~pred["shadow"].to_numpy(dtype=bool),
+        }
+    )
+
+
+def _newest(rows: pd.DataFrame) -> pd.DataFrame:
+    """Each version's newest row per target (sorted by made_at), of models with two versions or more."""
+    rows = rows.sort_values(["made_at"], kind="stable").drop_duplicates(
+        ["model", "version", "target"], keep="last"
+    )
+    return rows[rows.groupby("model")["version"].transform("nunique").to_numpy() >= 2]
+
+
+def _common_targets(rows: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """Each (model, version)'s newest alias, and the rows of the targets every version of the model has."""
+    alias = rows.groupby(["model", "version"], sort=True)["alias"].last()
+    n_ver = rows.groupby("model")["version"].nunique()
+    per_target = rows.groupby(["model", "target"])["version"].transform("size").to_numpy()
+    return alias, rows[per_target == n_ver.reindex(rows["model"]).to_numpy()]
+
+
+def _pair_groups(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair row its (model, champion, challenger) group id, and each group's keys."""
+    keys = pairs[["model", "champion", "version"]].to_numpy()
+    new_group = np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]
+    return np.cumsum(new_group) - 1, keys[new_group]
+
+
+def _champion_pairs(rows: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Every challenger row next to the champion's row for the same target: model, version (the
+    challenger's), target, ``columns``, champion, ``<column>_champion``; sorted by model, version, target.
+
+    The champion is the version of the model's newest served row; models without served rows have none."""
+    served = rows[rows["served"].to_numpy()]
+    champion = served.sort_values("made_at", kind="stable").groupby("model")["version"].last()
+    if champion.empty:
+        return pd.DataFrame(columns=["model", "version", "target", *columns, "champion"])
+    per_row = champion.reindex(rows["model"]).to_numpy()
+    is_champion = rows["version"].to_numpy() == per_row
+    has_champion = rows["model"].isin(champion.index).to_numpy()
+    keep = ["model", "version", "target", *columns]
+    pairs = rows.loc[has_champion & ~is_champion, keep].merge(
+        rows.loc[is_champion, keep].rename(
+            columns={"version": "champion", **{c: f"{c}_champion" for c in columns}}
+        ),
+        on=["model", "target"],
+    )
+    return pairs.sort_values(["model", "version", "target"], kind="stable")
+
+
+def _detectors(
+    pred: pd.DataFrame, snap: Snapshot, fleet: FleetIndex, cfg: VersionsConfig, now: float
+) -> Versions | None:
+    """Anomaly detectors' versions: flag rates on the model's common targets and, on those whose actual
+    carries an ``anomaly_label``, precision, recall and F1 of ``anomaly_flag``; champion against each
+    challenger on the labelled targets both scored (F1 and McNemar's exact test), else flag rates only."""
+    pred = _in_window(pred, fleet.is_anomaly, "flag", cfg, now)
+    if pred is None:
+        return None
+    rows = _base_rows(pred).assign(flag=pred["flag"].to_numpy(), label=join_labels(pred, snap.actuals))
+    rows = _newest(rows)
+    if rows.empty:
+        return None
+    alias, common = _common_targets(rows)
+    flag = common["flag"].to_numpy() == 1
+    label = common["label"].to_numpy()
+    agg = (
+        pd.DataFrame(
+            {
+                "model": common["model"].to_numpy(),
+                "version": common["version"].to_numpy(),
+                "flag": flag.astype(np.float64),
+                "labelled": ~np.isnan(label),
+                "tp": flag & (label == 1),
+                "fp": flag & (label == 0),
+                "fn": ~flag & (label == 1),
+            }
+        )
+        .groupby(["model", "version"])
+        .agg(
+            paired=("flag", "size"),
+            flag_rate=("flag", "mean"),
+            labelled=("labelled", "sum"),
+            tp=("tp", "sum"),
+            fp=("fp", "sum"),
+            fn=("fn", "sum"),
+        )
+    )
+    vs = pd.DataFrame({"alias": alias}).join(agg, how="left")
+    vs["paired"] = vs["paired"].fillna(0).astype(np.int64)
+    vs["labelled"] = vs["labelled"].fillna(0).astype(np.int64)
+    tp, fp, fn = (vs.pop(c).fillna(0).to_numpy(dtype=np.float64) for c in ("tp", "fp", "fn"))
+    vs["precision"], vs["recall"], vs["f1"] = _prf(tp, fp, fn)
+    vs.loc[vs["labelled"] == 0, ["precision", "recall", "f1"]] = np.nan
+    versions = vs.reset_index().reindex(columns=_VERSION_COLUMNS)
+
+    pairs = _champion_pairs(rows, ["flag", "label"])
+    if pairs.empty:
+        return Versions(versions, pd.DataFrame(columns=_CHALLENGER_COLUMNS))
+    group, first = _pair_groups(pairs)
+    n_groups = len(first)
+
+    def total(x: np.ndarray) -> np.ndarray:
+        return np.bincount(group, weights=x.astype(np.float64), minlength=n_groups)
+
+    f_ch, f_c = pairs["flag"].to_numpy() == 1, pairs["flag_champion"].to_numpy() == 1
+    lab = pairs["label"].to_numpy()
+    has = ~np.isnan(lab)
+    pos, neg = has & (lab == 1), has & (lab == 0)
+    n = total(has)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        flag_rate_ratio = np.where(total(f_c) > 0, total(f_ch) / total(f_c), np.nan)
+        f1_ch = _prf(total(f_ch & pos), total(f_ch & neg), total(~f_ch & pos))[2]
+        f1_c = _prf(total(f_c & pos), total(f_c & neg), total(~f_c & pos))[2]
+        # F1 as a loss (1 - F1), so improvement reads as for forecasters: the share of the champion's loss
+        # the challenger removes.
+        loss_c = 1 - f1_c
+        improvement = np.where(loss_c > 0, (f1_ch - f1_c) / np.where(loss_c > 0, loss_c, 1), np.nan)
+    # McNemar's exact test on the paired correctness of the labelled targets: b targets only the champion
+    # got right, c only the challenger; under H0 each discordant target is a fair coin.
+    right_ch, right_c = has & (f_ch == (lab == 1)), has & (f_c == (lab == 1))
+    b, c = total(right_c & ~right_ch), total(~right_c & right_ch)
+    disc = b + c
+    p = np.where(
+        disc > 0, np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(b, c), np.maximum(disc, 1), 0.5)), 1.0
+    )
+    p = np.where(n > 0, p, np.nan)
+    outperforms = (improvement > cfg.margin) & (n >= cfg.min_targets) & (p < cfg.alpha)
+    challengers = pd.DataFrame(
+        {
+            "model": first[:, 0],
+            "champion": first[:, 1],
+            "challenger": first[:, 2],
+            "n": n.astype(np.int64),
+            "mean_d": f1_ch - f1_c,
+            "mean_loss_champion": loss_c,
+            "dm": np.nan,
+            "pvalue": p,
+            "improvement": improvement,
+            "outperforms": outperforms.astype(np.float64),
+            "test": "mcnemar",
+            "flag_rate_ratio": flag_rate_ratio,
+        }
+    )
+    return Versions(versions, challengers)
+
+
+def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 (NaN where undefined: nothing flagged / nothing to find / neither)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), np.nan)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), np.nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    return precision, recall, f1
+
+
+def join_labels(pred: pd.DataFrame, act: pd.DataFrame) -> np.ndarray:
+    """The anomaly label (1, 0; NaN: none) of each prediction row's target, from the actuals."""
+    if pred.empty or act.empty or "label" not in act.columns:
+        return np.full(len(pred), np.nan)
+    index = pd.Index(actual_key(act["be"].to_numpy(), act["target"].to_numpy()))
+    pos = index.get_indexer(actual_key(pred["be"].to_numpy(), pred["target"].to_numpy()))
+    out = act["label"].to_numpy(dtype=np.float64)[np.where(pos >= 0, pos, 0)]
+    return np.where(pos >= 0, out, np.nan)
