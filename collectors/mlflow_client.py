@@ -233,6 +233,37 @@ class MlflowRest:
         )
 
 
+FLEET_KEYS = ("customer", "building", "energy", "model")
+
+
+def find_registered_model(rest: MlflowRest, m: MlflowConfig, labels: dict[str, str]) -> dict[str, Any]:
+    """The registered model of a fleet model (``labels``: its four fleet labels): by the fleet tags
+    (``mlflow.tag_keys``), else by ``mlflow.registered_model_pattern``, as the MLflow exporter maps them.
+    Raises ``MlflowError`` when there is none, more than one, or MLflow cannot be read."""
+    by_tags = " AND ".join(f"tags.`{m.tag_keys[k]}` = '{quote_filter(labels[k])}'" for k in FLEET_KEYS)
+    name = m.registered_model_pattern.format(**{k: labels[k] for k in FLEET_KEYS})
+    for flt in (by_tags, f"name = '{quote_filter(name)}'"):
+        found = rest.call(
+            "GET",
+            "registered-models/search",
+            "search MLflow registered models",
+            params={"filter": flt, "max_results": 2},
+        )
+        rms = found.get("registered_models") or []
+        if len(rms) > 1:
+            raise MlflowError(f"more than one registered model matches {flt}")
+        if rms:
+            return dict(rms[0])
+    raise MlflowError(
+        "no registered model for {} (by tags or by name)".format("/".join(labels[k] for k in FLEET_KEYS))
+    )
+
+
+def quote_filter(s: str) -> str:
+    """A value inside a single-quoted MLflow filter string."""
+    return s.replace("\\", "\\\\").replace("'", "\\'")
+
+
 def _root_cause(e: BaseException) -> str:
     """The innermost reason (e.g. 'Connection refused'), without addresses of objects, so it is stable."""
     while e.__cause__ is not None or e.__context__ is not None:

@@ -51,7 +51,7 @@ from typing import Any
 import requests
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from collectors.mlflow_client import MlflowError, MlflowRest
+from collectors.mlflow_client import MlflowError, MlflowRest, find_registered_model
 from fleetmon.config import ActionsConfig, MlflowConfig, redact_url
 
 log = logging.getLogger(__name__)
@@ -279,34 +279,12 @@ class Actions:
         return self._mlflow
 
     def _registered_model(self, labels: dict[str, str], alias: str) -> tuple[str, str | None]:
-        """The registered model of this fleet model (by the fleet tags, else by the name pattern, as the
-        MLflow exporter maps them) and the version ``alias`` points at."""
-        m = self.mlflow_cfg
-        by_tags = " AND ".join(f"tags.`{m.tag_keys[k]}` = '{_quote(labels[k])}'" for k in FLEET_LABELS)
-        name = m.registered_model_pattern.format(**{k: labels[k] for k in FLEET_LABELS})
-        by_name = f"name = '{_quote(name)}'"
-        for flt in (by_tags, by_name):
-            found = self._client().call(
-                "GET",
-                "registered-models/search",
-                "search MLflow registered models",
-                params={"filter": flt, "max_results": 2},
-            )
-            rms = found.get("registered_models") or []
-            if len(rms) > 1:
-                raise MlflowError(f"more than one registered model matches {flt}")
-            if rms:
-                rm = rms[0]
-                current = next(
-                    (str(a.get("version")) for a in rm.get("aliases") or [] if a.get("alias") == alias),
-                    None,
-                )
-                return str(rm["name"]), current
-        raise MlflowError(
-            "no registered model for {} (by tags or by name)".format(
-                "/".join(labels[k] for k in FLEET_LABELS)
-            )
+        """The registered model of this fleet model and the version ``alias`` points at."""
+        rm = find_registered_model(self._client(), self.mlflow_cfg, labels)
+        current = next(
+            (str(a.get("version")) for a in rm.get("aliases") or [] if a.get("alias") == alias), None
         )
+        return str(rm["name"]), current
 
     def _move_alias(
         self, name: str, alias: str, champion: str, challenger: str, alert: dict[str, Any]
@@ -484,11 +462,6 @@ def _evidence(alert: dict[str, Any]) -> dict[str, Any]:
         "generatorURL": alert.get("generatorURL"),
         **{k: ann[k] for k in EVIDENCE_ANNOTATIONS if k in ann},
     }
-
-
-def _quote(s: str) -> str:
-    """A value inside a single-quoted MLflow filter string."""
-    return s.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _parse_time(s: Any) -> float | None:

@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "webhook": ("fleetmon.webhook", "the Alertmanager webhook receiver that keeps and shows notifications"),
     "push": ("fleetmon.push", "push a batch job's duration and outcome to the Pushgateway"),
     "score": ("fleetmon.scoring", "score challenger versions from MLflow on the served rows' features"),
+    "evaluations": ("fleetmon.evaluations", "log each benchmarked version's production figures back to MLflow"),
     "dashboards": ("fleetmon.dashboards.build", "regenerate grafana/dashboards/*.json"),
     "drift-report": (
         "fleetmon.drift.report",

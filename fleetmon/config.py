@@ -702,6 +702,23 @@ class ActionsConfig(_Model):
     promote: PromoteActionConfig = Field(default_factory=PromoteActionConfig)
 
 
+class EvaluationsConfig(_Model):
+    """``fleetmon evaluations``: each benchmarked version's figures on live actuals, read from Prometheus,
+    logged back to MLflow as an evaluation of that version (fleetmon/evaluations.py)."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(default=3600, gt=0)
+    # Where the version benchmark is read (the Prometheus, or central store, Grafana reads).
+    prometheus_url: str = "http://127.0.0.1:9090"
+    prometheus_ca_file: Path | None = None
+    prometheus_username: str | None = None
+    prometheus_password_file: Path | None = None
+    timeout_seconds: float = Field(default=30, gt=0)
+    # One run per version in this experiment holds the history of its figures.
+    experiment: str = "fleetmon/production-benchmarks"
+    state_file: Path = Path("var/state/evaluations.json")
+
+
 class Config(_Model):
     fleet: FleetConfig = Field(default_factory=FleetConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
@@ -711,6 +728,7 @@ class Config(_Model):
     stack: StackConfig = Field(default_factory=StackConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig)
     # The file it was read from (None when built in code).
     source: Path | None = Field(default=None, exclude=True)
 
@@ -807,6 +825,12 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             listen.web_config_file = fix(listen.web_config_file)
     if cfg.stack.webhook_web_config_file is not None:
         cfg.stack.webhook_web_config_file = fix(cfg.stack.webhook_web_config_file)
+    ev = cfg.evaluations
+    ev.state_file = fix(ev.state_file)
+    if ev.prometheus_ca_file is not None:
+        ev.prometheus_ca_file = fix(ev.prometheus_ca_file)
+    if ev.prometheus_password_file is not None:
+        ev.prometheus_password_file = fix(ev.prometheus_password_file)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -30,13 +30,11 @@ only models from a registry you trust.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing as mp
 import os
 import signal
-import sys
 import threading
 import time
 import zlib
@@ -53,7 +51,8 @@ import numpy as np
 import pandas as pd
 
 from collectors.mlflow_client import MlflowError, MlflowRest
-from fleetmon.config import Config, ConfigError, ModelKey, default_config_path, load_config
+from fleetmon import jobs
+from fleetmon.config import Config, ModelKey
 from fleetmon.outputs.records import (
     FEATURE_PREFIX,
     FleetIndex,
@@ -562,22 +561,8 @@ def _rfc3339(ts: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fleetmon score", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config.file", dest="config_file", default=str(default_config_path()))
-    p.add_argument("--once", action="store_true", help="one cycle, then exit (cron)")
-    p.add_argument("--no-push", action="store_true", help="do not push the cycle to the Pushgateway")
-    p.add_argument("--log.level", dest="log_level", default="info")
-    args = p.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        cfg = load_config(args.config_file)
-    except ConfigError as e:
-        print(f"fleetmon: refusing to start: {e}", file=sys.stderr)
-        return 2
-    if not cfg.scoring.enabled:
-        print(f"fleetmon score: scoring.enabled is false in {cfg.source}: nothing to do", file=sys.stderr)
+    args, cfg = jobs.start("fleetmon score", __doc__.split("\n\n")[0], argv, "scoring")
+    if cfg is None:
         return 2
     scorer = Scorer(cfg)
     stop = threading.Event()
