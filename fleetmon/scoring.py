@@ -20,7 +20,9 @@ this job:
 
 A version that fails to load or predict is a line in ``<state_dir>/failures.jsonl`` (reason ``load_failed``,
 ``predict_failed``, ``bad_output``, ``timeout``, ``memory``, ``worker_died``) and is tried again after
-``retry_after_seconds``; nothing else stops. What was scored persists in ``<state_dir>/scored.json``.
+``retry_after_seconds``; nothing else stops. What was scored persists in ``<state_dir>/scored.json``; the
+served rows are read again from the sources at every start. A version the platform already writes shadow
+predictions for (rows with its ``model_version`` and an alias other than ``champion``) is not scored.
 Each cycle is pushed to the Pushgateway as the batch job ``benchmark`` (``fleetmon_batch_job_*``) with the
 cycle's figures (``fleetmon_scoring_*``, docs/metrics.md "Scoring").
 
@@ -229,8 +231,11 @@ class Scorer:
         self.sc.output_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.sc.state_dir / "scored.json"
         self.failures_path = self.sc.state_dir / "failures.jsonl"
-        # files read (path -> size, mtime); served forecaster rows with features, by model id
+        # files read by this process (path -> size, mtime; at start every file is read again, to rebuild
+        # the rows); served forecaster rows with features; (model id, version) of the shadow rows the
+        # platform writes -> their newest target
         self.seen: dict[str, tuple[int, float]] = {}
+        self.platform_shadow: dict[tuple[int, int], float] = {}
         self.rows = pd.DataFrame()
         # (model id, version) -> target times already scored; (name, version) -> retry not before
         self.scored: dict[tuple[int, int], set[float]] = {}
@@ -274,6 +279,12 @@ class Scorer:
                     continue
                 v = validate(batch, self.fleet, self.features, now, self.cfg.outputs.max_future_skew_seconds)
                 rows = v.rows
+                # Versions the platform writes shadow predictions for itself: scoring them too would only
+                # make duplicates.
+                shadow = rows["shadow"].to_numpy(bool) & (rows["version"].to_numpy() > 0)
+                for m_id, ver, t in rows.loc[shadow, ["model", "version", "target"]].itertuples(index=False):
+                    key = (int(m_id), int(ver))
+                    self.platform_shadow[key] = max(self.platform_shadow.get(key, t), float(t))
                 keep = ~rows["shadow"].to_numpy(bool) & np.isfinite(rows["prediction"].to_numpy(float))
                 keep &= rows["target"].to_numpy(float) >= now - self.sc.window_seconds
                 if keep.any():
@@ -331,6 +342,8 @@ class Scorer:
                     self.sc.newer_than_champion and champion is not None and version > champion
                 )
                 if not wanted or version == served.get(model_id, champion) or alias == "champion":
+                    continue
+                if (model_id, version) in self.platform_shadow:
                     continue
                 out.append(Candidate(key, model_id, name, version, alias or DEFAULT_ALIAS))
         # the newest few per model
@@ -472,6 +485,7 @@ class Scorer:
 
     def _prune(self, now: float) -> None:
         horizon = now - self.sc.window_seconds
+        self.platform_shadow = {k: t for k, t in self.platform_shadow.items() if t >= horizon}
         for k, targets in list(self.scored.items()):
             kept = {t for t in targets if t >= horizon}
             if kept:
@@ -491,18 +505,16 @@ class Scorer:
         try:
             raw = json.loads(self.state_path.read_text(encoding="utf-8"))
             self.scored = {(int(m), int(v)): {float(t) for t in ts} for m, v, ts in raw["scored"]}
-            self.seen = {str(p): (int(s), float(t)) for p, s, t in raw["seen"]}
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             # Scoring again costs time, never data: the exporter drops the duplicates of a version.
             log.error("scoring state %s unreadable (%s): starting afresh", self.state_path, e)
-            self.scored, self.seen = {}, {}
+            self.scored = {}
 
     def _save_state(self) -> None:
         doc = {
             "scored": [[m, v, sorted(ts)] for (m, v), ts in self.scored.items()],
-            "seen": [[p, s, t] for p, (s, t) in self.seen.items()],
         }
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         try:

@@ -265,6 +265,57 @@ def test_challengers_are_scored_and_benchmarked(mlflow_server: str, tmp_path: Pa
     assert sum(v for _, v in h.samples("fleetmon_model_predictions_total")) == 45
 
 
+def test_versions_the_platform_scores_are_left_alone_and_a_restart_reads_the_rows_again(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    from sklearn.linear_model import LinearRegression
+
+    f = Fleet(tmp_path, mlflow_server, buildings=2)
+    xs = f.features(100)
+    model = LinearRegression().fit(_frame(xs), f.truth(xs))
+    for b in ("b1", "b2"):
+        f.register(b, model, alias="champion")
+        f.register(b, model, alias="challenger")
+    f.write_hours("b1", NOW - 30 * H, 24, model)
+    x2 = f.write_hours("b2", NOW - 30 * H, 24, model)
+    # b2's platform runs its challenger (v2) itself: shadow rows of v2 beside the champion's
+    shadow = [
+        {
+            "customer": f.customer,
+            "building": "b2",
+            "energy": "heating",
+            "model": "forecast",
+            "made_at": iso(NOW - 31 * H + i * H),
+            "target_time": iso(NOW - 30 * H + i * H),
+            "prediction": 1.0,
+            "model_version": 2,
+            "alias": "challenger",
+            "features": {"temp": float(x2[i, 0]), "occ": int(x2[i, 1])},
+        }
+        for i in range(24)
+    ]
+    _write(tmp_path / "pred" / "platform-shadow.jsonl", shadow)
+    scorer = Scorer(f.cfg, clock=lambda: NOW)
+    try:
+        res = scorer.cycle()
+        assert res.versions == 1 and res.rows_scored == 24, res  # b1's v2 only
+        assert {r["building"] for r in scored_rows(tmp_path)} == {"b1"}
+    finally:
+        scorer.close()
+    # a version registered while the job was down is scored on the rows read before the restart
+    v3 = f.register("b1", model)
+    scorer = Scorer(f.cfg, clock=lambda: NOW)
+    try:
+        res = scorer.cycle()
+        assert res.rows_scored == 24, res
+        assert sum(r["model_version"] == v3 for r in scored_rows(tmp_path)) == 24
+    finally:
+        scorer.close()
+    h = Harness(f.cfg, now=NOW)
+    h.poll()
+    assert not h.samples("fleetmon_outputs_rows_rejected_total")  # no duplicates of the platform's rows
+
+
 def test_misbehaving_models_are_reported_and_stop_nothing(mlflow_server: str, tmp_path: Path) -> None:
     from sklearn.linear_model import LinearRegression
 
