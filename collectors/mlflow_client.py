@@ -137,7 +137,7 @@ class MlflowRest:
                 continue
             except requests.ConnectionError as e:
                 self._count(endpoint, "error", started)
-                last = f"cannot connect to {self.shown_url} ({_root_cause(e)})"
+                last = f"cannot connect to {self.shown_url} ({root_cause(e)})"
                 continue
             except requests.RequestException as e:
                 self._count(endpoint, "error", started)
@@ -264,7 +264,7 @@ def quote_filter(s: str) -> str:
     return s.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _root_cause(e: BaseException) -> str:
+def root_cause(e: BaseException) -> str:
     """The innermost reason (e.g. 'Connection refused'), without addresses of objects, so it is stable."""
     while e.__cause__ is not None or e.__context__ is not None:
         e = e.__cause__ or e.__context__  # type: ignore[assignment]

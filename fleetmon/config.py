@@ -825,6 +825,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
             listen.web_config_file = fix(listen.web_config_file)
     if cfg.stack.webhook_web_config_file is not None:
         cfg.stack.webhook_web_config_file = fix(cfg.stack.webhook_web_config_file)
+    cfg.scoring.output_dir = fix(cfg.scoring.output_dir)
+    cfg.scoring.state_dir = fix(cfg.scoring.state_dir)
     ev = cfg.evaluations
     ev.state_file = fix(ev.state_file)
     if ev.prometheus_ca_file is not None:

@@ -48,6 +48,7 @@ from collectors.mlflow_client import (
     MlflowRest,
     find_registered_model,
     quote_filter,
+    root_cause,
 )
 from fleetmon import jobs
 from fleetmon.config import Config, redact_url
@@ -110,8 +111,8 @@ class Prometheus:
         self.shown = redact_url(self.url) or "<the Prometheus URL>"
         self.timeout = ev.timeout_seconds
         self.session = requests.Session()
-        if ev.prometheus_ca_file is not None:
-            self.session.verify = str(ev.prometheus_ca_file)
+        # Given with every request: a session's own ``verify`` loses to REQUESTS_CA_BUNDLE in the environment.
+        self.verify: str | bool = str(ev.prometheus_ca_file) if ev.prometheus_ca_file is not None else True
         if ev.prometheus_username:
             pw = ""
             if ev.prometheus_password_file is not None:
@@ -121,10 +122,10 @@ class Prometheus:
     def query(self, promql: str) -> list[tuple[dict[str, str], float]]:
         try:
             resp = self.session.get(
-                f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout
+                f"{self.url}/api/v1/query", params={"query": promql}, timeout=self.timeout, verify=self.verify
             )
         except requests.RequestException as e:
-            raise PrometheusError(f"cannot query {self.shown}: {type(e).__name__}") from None
+            raise PrometheusError(f"cannot query {self.shown}: {root_cause(e)}") from None
         if resp.status_code != 200:
             raise PrometheusError(f"query {promql!r} to {self.shown}: HTTP {resp.status_code}")
         try:

@@ -76,6 +76,7 @@ def _worker_main(conn: Any, memory_limit_mb: int, cache_size: int, tracking_uri:
     """One scoring worker: load (cached) and predict until the pipe closes. Runs in its own process."""
     import resource
 
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one bar per model load fills the log
     if memory_limit_mb > 0:
         limit = memory_limit_mb << 20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -305,10 +306,8 @@ class Scorer:
     def candidates(self) -> list[Candidate]:
         """Versions to score, from the registry (raises MlflowError when it cannot be read)."""
         m = self.cfg.mlflow
-        by_name = {
-            m.registered_model_pattern.format(**k.labels()): (i, k) for i, k in enumerate(self.fleet_models())
-        }
-        by_tags = {tuple(k.labels().values()): (i, k) for i, k in enumerate(self.fleet_models())}
+        by_name = {m.registered_model_pattern.format(**k.labels()): (i, k) for i, k in self.fleet_models()}
+        by_tags = {tuple(k.labels().values()): (i, k) for i, k in self.fleet_models()}
         models: dict[str, tuple[int, ModelKey, dict[int, str]]] = {}
         for page in self.mlflow.search_registered_models():
             for rm in page:
@@ -356,8 +355,9 @@ class Scorer:
                 kept.append(c)
         return kept
 
-    def fleet_models(self) -> list[ModelKey]:
-        return list(self.fleet.models)
+    def fleet_models(self) -> list[tuple[int, ModelKey]]:
+        """(model id, key) of the models whose versions can be scored: the forecasters."""
+        return [(i, k) for i, k in enumerate(self.fleet.models) if self.fleet.is_forecaster[i]]
 
     def _served_versions(self) -> dict[int, int]:
         """Model id -> the version its newest served row names (rows without one: none)."""

@@ -6,6 +6,8 @@ and waits until it is healthy:
   1. ``mlflow`` (tracking server), ``alertmanager``, ``pushgateway``, ``webhook`` (notification receiver),
      ``prometheus``
   2. ``simulator`` (the demo fleet), ``exporter-mlflow``, ``exporter-outputs``, ``exporter-platform``,
+     ``scoring`` (``fleetmon score``, when ``scoring.enabled``), ``evaluations`` (``fleetmon evaluations``,
+     when ``evaluations.enabled``: it reads this stack's Prometheus unless the config names one),
      ``grafana`` (only when a ``grafana-server`` / ``grafana`` binary is on PATH)
 
 Every component has a pid file ``<stack.state_dir>/<name>.pid`` (plus ``<name>.json``: pid, start time,
@@ -452,8 +454,56 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
                 probe=client,
             )
         )
+    pushgateway = f"{scheme}://{probe}:{st.pushgateway_port}"
+    if cfg.scoring.enabled:
+        out.append(
+            Component(
+                "scoring",
+                fleetmon_argv("score", "--config.file", conf),
+                tier=2,
+                env=push_env(pushgateway, sec),
+                missing=_module_missing("fleetmon.scoring"),
+            )
+        )
+    if cfg.evaluations.enabled:
+        out.append(
+            Component(
+                "evaluations",
+                fleetmon_argv("evaluations", "--config.file", conf),
+                tier=2,
+                env={
+                    **push_env(pushgateway, sec),
+                    **evaluations_env(cfg, f"{scheme}://{probe}:{st.prometheus_port}", sec),
+                },
+                missing=_module_missing("fleetmon.evaluations"),
+            )
+        )
     out.append(grafana_component(cfg, paths, sec))
     return out
+
+
+def push_env(pushgateway: str, secure: pki.StackFiles | None) -> dict[str, str]:
+    """``fleetmon push``'s settings for a job of the stack: this stack's Pushgateway, in secure mode over TLS
+    as the ``fleetmon`` user (emptied in plain mode, so no stray credentials of the caller go along)."""
+    return {
+        "FLEETMON_PUSHGATEWAY": pushgateway,
+        "FLEETMON_PUSHGATEWAY_CA_FILE": str(secure.ca_cert) if secure else "",
+        "FLEETMON_PUSHGATEWAY_USERNAME": "fleetmon" if secure else "",
+        "FLEETMON_PUSHGATEWAY_PASSWORD_FILE": str(secure.password_file("fleetmon")) if secure else "",
+    }
+
+
+def evaluations_env(cfg: Config, prometheus: str, secure: pki.StackFiles | None) -> dict[str, str]:
+    """``fleetmon evaluations`` reads this stack's Prometheus (in secure mode trusting the stack's CA, as
+    the ``fleetmon`` user), unless the config names a Prometheus of its own."""
+    if "prometheus_url" in cfg.evaluations.model_fields_set:
+        return {}
+    env = {"FLEETMON__EVALUATIONS__PROMETHEUS_URL": prometheus}
+    if secure:
+        env["FLEETMON__EVALUATIONS__PROMETHEUS_CA_FILE"] = str(secure.ca_cert)
+        env["FLEETMON__EVALUATIONS__PROMETHEUS_USERNAME"] = "fleetmon"
+        env["FLEETMON__EVALUATIONS__PROMETHEUS_PASSWORD_FILE"] = str(secure.password_file("fleetmon"))
+    return env
 
 
 def simulator_env(cfg: Config, pushgateway: str, secure: pki.StackFiles | None) -> dict[str, str]:
@@ -463,12 +513,9 @@ def simulator_env(cfg: Config, pushgateway: str, secure: pki.StackFiles | None) 
     environment go along)."""
     if cfg.demo.pushgateway_url is not None:  # the config's own choice (a gateway elsewhere, or "": off)
         return {}
-    return {
-        "FLEETMON__DEMO__PUSHGATEWAY_URL": pushgateway,
-        "FLEETMON_PUSHGATEWAY_CA_FILE": str(secure.ca_cert) if secure else "",
-        "FLEETMON_PUSHGATEWAY_USERNAME": "fleetmon" if secure else "",
-        "FLEETMON_PUSHGATEWAY_PASSWORD_FILE": str(secure.password_file("fleetmon")) if secure else "",
-    }
+    env = push_env(pushgateway, secure)
+    env.pop("FLEETMON_PUSHGATEWAY")
+    return {"FLEETMON__DEMO__PUSHGATEWAY_URL": pushgateway, **env}
 
 
 def grafana_component(cfg: Config, paths: Paths, secure: pki.StackFiles | None = None) -> Component:

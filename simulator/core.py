@@ -27,6 +27,7 @@ the Pushgateway (``fleetmon.push``) from a worker thread.
 from __future__ import annotations
 
 import calendar
+import dataclasses
 import json
 import logging
 import math
@@ -145,10 +146,22 @@ class Simulator:
         if demo.pushgateway_url:
             self.pusher = OutcomePusher(demo.pushgateway_url)
             self.pusher.start()
-        if mlflow:
-            from simulator.mlflow_seed import FleetMlflow, Trainer
+        # The registry's versions as seeding makes them (no server needed): the champion each forecaster's
+        # rows name, and the version each challenger's shadow rows name.
+        from simulator.mlflow_seed import FleetMlflow, Trainer
 
-            self.trainer = Trainer(FleetMlflow(cfg, self.world, mlflow_client), seed_now=start)
+        fm = FleetMlflow(cfg, self.world, mlflow_client)
+        plan = fm.version_plan(int(start * 1000))
+        for key, (champion, challenger) in plan.items():
+            if cfg.fleet.is_forecaster(key.model):
+                self.world.serving[key] = champion
+            ch = self.world.challengers.get(key)
+            if ch is not None and challenger is not None:
+                self.world.challengers[key] = dataclasses.replace(
+                    ch, champion_version=champion, challenger_version=challenger
+                )
+        if mlflow:
+            self.trainer = Trainer(fm, seed_now=start)
             self.trainer.start()
         self._write_state()
 
@@ -294,7 +307,8 @@ class Simulator:
             job_rng = rng
             if job.request is None:
                 new_version = rng.random() < 0.25
-                promote = rng.random() < 0.5
+                # never for a model running a challenger: its ground truth names the champion it beats
+                promote = rng.random() < 0.5 and job.key not in self.world.challengers
             else:  # a requested retrain always yields a new version, as challenger (never promoted)
                 new_version, promote = True, False
                 job_rng = random.Random(f"{job.job_id}:finish")

@@ -49,6 +49,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("fleetmon.demo.mlflow")
 
 HISTORY_TAG = "fleetmon.demo.history"
+# A forecaster version whose run holds a real model (artifact MODEL_PATH) carries MODEL_TAG = MODEL_FLAVOR.
+MODEL_TAG = "fleetmon.demo.model"
+MODEL_FLAVOR = "sklearn"
+MODEL_PATH = "model"
+# Simulated hours a demo model is fitted on.
+TRAIN_HOURS = 168
 JOB_TAG = "job_id"
 # Lineage (docs/metrics.md, fleetmon_mlflow_model_version_lineage_info): the code version MLflow records for a
 # run from a git checkout, and the context tag mlflow.log_input(..., context="training") sets.
@@ -102,13 +108,17 @@ class FleetMlflow:
     def __init__(self, cfg: Config, world: World, client: MlflowClient | None = None) -> None:
         self.cfg = cfg
         self.world = world
-        if client is None:
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(tracking_uri=cfg.mlflow.tracking_uri)
-        self.client = client
+        self._client = client  # made on first use: planning versions needs no server
         self.requests = 0  # MLflow calls made (seeding keeps this low)
         self._lock = threading.Lock()
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.cfg.mlflow.tracking_uri)
+        return self._client
 
     # ------------------------------------------------------------------------------- naming
     def tags(self, key: ModelKey) -> dict[str, str]:
@@ -339,10 +349,8 @@ class FleetMlflow:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
         self._count(1)
-        rng = random.Random(f"{self.cfg.demo.seed}:versions:{name}")
         finished = [h for h in hrs if h.status == "FINISHED"]
-        n_versions = min(len(finished), rng.randint(1, 3))
-        wanted = finished[len(finished) - n_versions :]
+        wanted = finished[len(finished) - self.n_versions(key, len(finished)) :]
         have: dict[str | None, str] = {}
         if not made_model:  # a model made just now has no versions yet
             have = {
@@ -360,7 +368,7 @@ class FleetMlflow:
             rid = run_ids[h.history_id]
             mv = client.create_model_version(
                 name,
-                source=f"runs:/{rid}/model",
+                source=f"runs:/{rid}/{MODEL_PATH}",
                 run_id=rid,
                 tags={**self.tags(key), HISTORY_TAG: h.history_id},
                 await_creation_for=0,
@@ -378,6 +386,127 @@ class FleetMlflow:
                 client.set_registered_model_alias(name, champion, versions[-1])
             self._count(2)
         return made_model, made
+
+    # ---------------------------------------------------------------------------- versions
+    def n_versions(self, key: ModelKey, finished: int) -> int:
+        """How many seeded versions the model gets (of its ``finished`` history runs, the newest): 1-3, at
+        least 2 for a model that runs a challenger beside its champion (``World.challengers``)."""
+        rng = random.Random(f"{self.cfg.demo.seed}:versions:{self.model_name(key)}")
+        n = min(finished, rng.randint(1, 3))
+        return max(n, min(finished, 2)) if key in self.world.challengers else n
+
+    def version_plan(self, now_ms: int) -> dict[ModelKey, tuple[int, int | None]]:
+        """Per model, the (champion, challenger) versions seeding gives a new registry: versions are
+        numbered 1..n in order, the champion alias on the one before the newest, challenger on the newest
+        (one version: champion only). Needs no server, so the simulator knows them before seeding."""
+        out: dict[ModelKey, tuple[int, int | None]] = {}
+        for runs in self.history(now_ms).values():
+            finished: dict[ModelKey, int] = {}
+            for hr in runs:
+                finished[hr.key] = finished.get(hr.key, 0) + (hr.status == "FINISHED")
+            for key, n_done in finished.items():
+                n = self.n_versions(key, n_done)
+                out[key] = (n - 1, n) if n >= 2 else (n, None)
+        return out
+
+    def champions(self) -> dict[ModelKey, int]:
+        """The version each fleet model's ``champion`` alias names in the registry now."""
+        champion, _ = self.aliases()
+        by_name = {self.model_name(k): k for k in self.world.models}
+        out: dict[ModelKey, int] = {}
+        token = None
+        while True:
+            page = self.client.search_registered_models(max_results=1000, page_token=token)
+            self._count(1)
+            for rm in page:
+                key = by_name.get(rm.name)
+                if key is not None and champion in (rm.aliases or {}):
+                    out[key] = int(rm.aliases[champion])
+            token = page.token
+            if not token:
+                return out
+
+    def fit_model(self, key: ModelKey, end_s: float, salt: str) -> tuple[Any, Any]:
+        """A real scikit-learn forecaster of the model's building and energy type: spline features of
+        every input, ridge regression, fitted on the ``TRAIN_HOURS`` simulated hours up to ``end_s`` (its
+        features and measured consumption). Returns (model, training frame)."""
+        import pandas as pd
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import SplineTransformer
+
+        rng = random.Random(f"{self.cfg.demo.seed}:model:{salt}")
+        interval = 3600.0 / self.cfg.demo.time_scale
+        k_end = max(int(end_s // interval), TRAIN_HOURS - 1)  # simulated hours start at 0
+        bi = self.world.index[(key.customer, key.building)]
+        names = self.feature_names()
+        truths = [self.world.truth(k) for k in range(k_end - TRAIN_HOURS + 1, k_end + 1)]
+        x = pd.DataFrame({f: [float(t.features[f][bi]) for t in truths] for f in names})
+        y = [float(t.actual[key.energy][bi]) for t in truths]
+        model = make_pipeline(
+            SplineTransformer(n_knots=rng.choice([4, 5, 6]), degree=3),
+            Ridge(alpha=rng.choice([0.3, 1.0, 3.0])),
+        )
+        return model.fit(x, y), x
+
+    def feature_names(self) -> list[str]:
+        from simulator.world import FEATURES
+
+        return [f for f in self.cfg.outputs.features if f in FEATURES] or list(FEATURES)
+
+    def log_model(self, run_id: str, key: ModelKey, end_s: float, salt: str) -> None:
+        """Fit the model and log it as the run's ``model`` artifact (an MLflow scikit-learn model, loadable
+        with ``mlflow.pyfunc``), which the version's source ``runs:/<run>/model`` names."""
+        import tempfile
+        from pathlib import Path
+
+        import mlflow.sklearn
+        import sklearn
+        import skops.io
+
+        model, _ = self.fit_model(key, end_s, salt)
+        # skops (MLflow's default format) trusts only what it was told to: we made this model ourselves.
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        with tempfile.TemporaryDirectory(prefix="fleetmon-demo-model-") as d:
+            path = Path(d) / MODEL_PATH
+            mlflow.sklearn.save_model(
+                model,
+                str(path),
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+                skops_trusted_types=trusted,
+            )
+            self.client.log_artifacts(run_id, str(path), MODEL_PATH)
+        self._count(2)
+
+    def log_seeded_models(self, now_ms: int, stop: threading.Event | None = None) -> int:
+        """A real model for every seeded forecaster version that has none yet (tag ``MODEL_TAG``); returns
+        how many were logged. After seeding, on the same thread: seeding itself stays quick."""
+        plan = {(hr.key, hr.history_id): hr for runs in self.history(now_ms).values() for hr in runs}
+        by_name = {
+            self.model_name(k): k for k in self.world.models if self.world.fleet.is_forecaster(k.model)
+        }
+        made = 0
+        versions: list[Any] = []
+        token = None
+        while True:
+            page = self.client.search_model_versions("", max_results=10000, page_token=token)
+            self._count(1)
+            versions.extend(page)
+            token = page.token
+            if not token:
+                break
+        for mv in versions:
+            if stop is not None and stop.is_set():
+                break
+            key = by_name.get(mv.name)
+            hist = (mv.tags or {}).get(HISTORY_TAG)
+            if key is None or not hist or (mv.tags or {}).get(MODEL_TAG) or (key, hist) not in plan:
+                continue
+            self.log_model(str(mv.run_id), key, plan[(key, hist)].end_ms / 1000, f"{mv.name}/{hist}")
+            self.client.set_model_version_tag(mv.name, mv.version, MODEL_TAG, MODEL_FLAVOR)
+            self._count(1)
+            made += 1
+        return made
 
     # ---------------------------------------------------------------------------- live runs
     def start_run(
@@ -423,12 +552,17 @@ class FleetMlflow:
         client.set_terminated(run_id, status=status, end_time=int(t * 1000))
         if status == "FINISHED" and new_version:
             name = self.model_name(key)
+            tags = self.tags(key)
+            if self.world.fleet.is_forecaster(key.model):
+                self.log_model(run_id, key, t, run_id)
+                tags[MODEL_TAG] = MODEL_FLAVOR
             mv = client.create_model_version(
-                name, source=f"runs:/{run_id}/model", run_id=run_id, tags=self.tags(key), await_creation_for=0
+                name, source=f"runs:/{run_id}/{MODEL_PATH}", run_id=run_id, tags=tags, await_creation_for=0
             )
             champion, challenger = self.aliases()
             if promote or not challenger:
                 client.set_registered_model_alias(name, champion, str(mv.version))
+                self.world.serving[key] = int(mv.version)  # its rows name the new champion from now on
             else:
                 client.set_registered_model_alias(name, challenger, str(mv.version))
 
@@ -442,6 +576,7 @@ class Trainer:
         self.queue: queue.Queue[tuple[str, tuple[Any, ...]] | None] = queue.Queue()
         self.stop = threading.Event()
         self.seeded = threading.Event()
+        self.models_logged = threading.Event()
         self.errors = 0
         self.runs: dict[str, str] = {}  # job id -> run id
         self.thread = threading.Thread(target=self._loop, name="demo-mlflow", daemon=True)
@@ -479,6 +614,16 @@ class Trainer:
                 self.errors += 1
                 log.warning("seeding MLflow at %s failed (will retry): %s", uri, e)
                 self.stop.wait(5.0)
+        try:
+            t0 = time.monotonic()
+            made = self.fm.log_seeded_models(int((self.seed_now or time.time()) * 1000), self.stop)
+            log.info("logged %d scikit-learn models of seeded versions in %.1fs", made, time.monotonic() - t0)
+            # the registry's champions (a restart finds the aliases live training moved)
+            self.fm.world.serving.update(self.fm.champions())
+        except Exception as e:  # the versions stay without a model: fleetmon score reports load_failed
+            self.errors += 1
+            log.warning("logging the seeded versions' models failed: %s", e)
+        self.models_logged.set()
         while not self.stop.is_set():
             item = self.queue.get()
             if item is None:

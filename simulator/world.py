@@ -15,13 +15,14 @@ simulated calendar (hour of day, weekday, season) runs ``time_scale`` times fast
 - forecasters predict the expected consumption from the features they are given (so a drifted input
   feature also hurts the forecast), with a small per-model bias and noise; anomaly detectors compare the
   measured hour with their expectation and give a score in 0..1 and a flag.
-- model versions: every forecaster row names the version it comes from (``model_version``
-  ``CHAMPION_VERSION``, ``alias: "champion"``; the simulator's own numbering, not read from the MLflow
-  registry, whose versions move with live training). A few forecasters (``demo.challenger_share``, never in
-  a quiet building) also run a challenger, version ``CHAMPION_VERSION + 1``, beside it: a shadow row
-  (``alias: "challenger"``) for the same target whose error is ``CHALLENGER_NOISE`` times the champion's
-  (truly better for half of them, worse for the others). The ground truth (``Challenger.record``) says
-  which is which.
+- model versions: every forecaster row names the version it comes from (``model_version``: the MLflow
+  registry's champion version, ``World.serving``, known from the seeding plan before MLflow answers and
+  kept up to date as live training promotes; ``alias: "champion"``). A few forecasters
+  (``demo.challenger_share``, never in a quiet building) also run their registry challenger beside it: a
+  shadow row (``alias: "challenger"``) for the same target whose error is ``CHALLENGER_NOISE`` times the
+  champion's (truly better for half of them, worse for the others). The ground truth
+  (``Challenger.record``) says which is which. The other versions' predictions are fleetmon's to make
+  (``fleetmon score``: the registry's versions are real scikit-learn models, simulator.mlflow_seed).
 """
 
 from __future__ import annotations
@@ -223,6 +224,9 @@ class World:
         self._typical: dict[str, np.ndarray] = {}
         # forecasters running a challenger version beside the champion (set by the simulator)
         self.challengers: dict[ModelKey, Challenger] = {}
+        # the registry's champion version of each forecaster, which its rows name (set by the simulator
+        # from the seeding plan, then from MLflow; CHAMPION_VERSION until then)
+        self.serving: dict[ModelKey, int] = {}
 
     # ---------------------------------------------------------------------------------- truth
     def truth(self, k: int) -> StepTruth:
@@ -361,7 +365,7 @@ class World:
                     made_at=made_forecast,
                     target_time=target,
                     prediction=round(float(max(0.0, pred)), 3),
-                    model_version=CHAMPION_VERSION,
+                    model_version=self.serving.get(m, CHAMPION_VERSION),
                     alias="champion",
                 )
             feats_out: dict[str, float | int] = dict(feats)

@@ -96,6 +96,10 @@ DEMO_STACK_TUNING: dict[str, Any] = {
             "incident_duration_seconds": [180, 200],
         },
         "mlflow": {"poll_interval_seconds": 5},
+        # the registry's versions scored and logged back often, failed loads (a seeded version whose model
+        # is still being logged) tried again soon
+        "scoring": {"interval_seconds": 10, "window_seconds": 1500, "retry_after_seconds": 20},
+        "evaluations": {"interval_seconds": 15},
         "outputs": {
             "poll_interval_seconds": 3,
             "windows": {"24h": 180, "7d": 1260},

@@ -197,22 +197,25 @@ def test_demo_incidents_page_resolve_and_quiet_buildings_stay_silent(demo_stack:
 @pytest.mark.timeout(420)
 def test_a_degrading_model_is_retrained_and_its_new_version_registered(demo_stack: Any) -> None:
     """The loop in the demo: a drift or error incident's alert reaches the webhook receiver's /actions, which
-    posts a retraining request to the simulator's training API; the job trains and registers a new version
-    that takes the challenger alias in MLflow (the version benchmark takes it from there)."""
+    posts a retraining request to the simulator's training API; the job trains a real model and registers
+    it as a new version that takes the challenger alias in MLflow; fleetmon score scores it on the served
+    rows' features, the outputs exporter benchmarks it against the champion (a verdict), and fleetmon
+    evaluations logs its figures back to the version in MLflow."""
     from mlflow import MlflowClient
 
     cfg = demo_stack.cfg
     api = f"http://127.0.0.1:{cfg.demo.training_api_port}"
     deadline = time.time() + 360
     requested: list[dict[str, Any]] = []
-    while time.time() < deadline and not requested:
+    # a forecaster's request: fleetmon score benchmarks forecasters' versions
+    while time.time() < deadline and not any(d["model"] == "forecast" for d in requested):
         with urllib.request.urlopen(demo_stack.webhook_url + "/actions", timeout=10) as r:
             decisions = json.loads(r.read())
         requested = [d for d in decisions if d["action"] == "retrain" and d["outcome"] == "requested"]
-        if not requested:
+        if not any(d["model"] == "forecast" for d in requested):
             time.sleep(5)
     assert requested, f"no retraining requested; decisions: {decisions[-10:]}"
-    first = requested[0]
+    first = next(d for d in requested if d["model"] == "forecast")
     assert first["alert"]["labels"]["alertname"] in ("ModelDataDrift", "ModelErrorAboveBaseline")
     assert first["dry_run"] is False and first["job_id"]
     # the training API got it, as a job of that model
@@ -242,6 +245,35 @@ def test_a_degrading_model_is_retrained_and_its_new_version_registered(demo_stac
         # it took the challenger alias (a scheduled job of the model may have registered a newer one since)
         challenger = client.get_registered_model(name).aliases.get("challenger")
         assert challenger is not None and int(challenger) >= int(versions[0].version), challenger
+        # ... a real model, which fleetmon score loads and scores on the served rows' features: the outputs
+        # exporter benchmarks it on the champion's targets and gives its verdict ...
+        new = versions[0].version
+        sel = ",".join(f'{k}="{first[k]}"' for k in FLEET)
+        verdict: list[dict[str, Any]] = []
+        paired: list[dict[str, Any]] = []
+        until = time.time() + 240
+        while time.time() < until and not (verdict and paired):
+            verdict = demo_stack.query(
+                f'fleetmon_model_challenger_outperforms{{{sel},challenger_version="{new}"}}'
+            )
+            paired = demo_stack.query(f'fleetmon_model_version_paired_targets{{{sel},version="{new}"}}')
+            time.sleep(5)
+        assert verdict, f"no verdict on version {new} of {name} (paired targets: {paired})"
+        assert float(paired[0]["value"][1]) >= cfg.outputs.versions.min_targets, paired
+        assert (
+            verdict[0]["metric"]["champion_version"] == client.get_registered_model(name).aliases["champion"]
+        )
+        # ... and fleetmon evaluations logs how it did back to MLflow, on the version
+        tags: dict[str, str] = {}
+        while time.time() < until and "fleetmon.production.evaluation_run_id" not in tags:
+            tags = client.get_model_version(name, new).tags
+            time.sleep(5)
+        assert "fleetmon.production.evaluation_run_id" in tags, tags
+        assert (
+            float(tags["fleetmon.production.production_paired_targets"]) >= cfg.outputs.versions.min_targets
+        )
+        run_metrics = client.get_run(tags["fleetmon.production.evaluation_run_id"]).data.metrics
+        assert "production_mae_kwh" in run_metrics and "challenger_outperforms" in run_metrics
     else:  # a training_failures incident on that very model: failed, as the platform would
         assert any(
             g["kind"] == "training_failures" and all(g[k] == first[k] for k in FLEET)

@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICES = {
     "mlflow",
     "simulator",
+    "scoring",
+    "evaluations",
     "exporter-mlflow",
     "exporter-outputs",
     "exporter-platform",
@@ -88,7 +90,15 @@ def test_every_mounted_host_path_exists(compose: dict[str, Any]) -> None:
 
 def test_fleetmon_services_run_real_commands_on_the_mounted_config(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("simulator", "exporter-mlflow", "exporter-outputs", "exporter-platform", "webhook"):
+    for name in (
+        "simulator",
+        "scoring",
+        "evaluations",
+        "exporter-mlflow",
+        "exporter-outputs",
+        "exporter-platform",
+        "webhook",
+    ):
         svc = services[name]
         cmd = svc["command"]
         assert cmd[0] in COMMANDS, f"{name}: `fleetmon {cmd[0]}` does not exist"
@@ -100,7 +110,7 @@ def test_fleetmon_services_run_real_commands_on_the_mounted_config(compose: dict
     assert {services[f"exporter-{n}"]["command"][1] for n in EXPORTERS} == set(EXPORTERS)
     # The simulator and the exporters share the demo outputs and logs through one volume at /app/var,
     # where the config's ../var/... paths point from /app/config.
-    for name in ("simulator", "exporter-outputs", "exporter-platform"):
+    for name in ("simulator", "scoring", "exporter-outputs", "exporter-platform"):
         assert "fleetmon-var:/app/var" in services[name]["volumes"]
 
 

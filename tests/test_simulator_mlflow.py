@@ -213,3 +213,65 @@ def test_wait_for_mlflow_gives_up_when_stopped(mlflow_server: str) -> None:
     assert wait_for_mlflow(mlflow_server, stop, timeout=10)
     stop.set()
     assert not wait_for_mlflow("http://127.0.0.1:9", stop)
+
+
+def test_forecaster_versions_are_real_models_loadable_with_pyfunc(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every seeded forecaster version gets a real scikit-learn model (once), and a live version gets its
+    own: ``mlflow.pyfunc.load_model("models:/<name>/<version>")`` predicts the building's consumption."""
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from simulator.mlflow_seed import MODEL_TAG
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # where models:/ URIs are looked up
+    prefix = _prefix()
+    cfg = Config(
+        fleet=FleetConfig(customers=generate_fleet(42, 1, 2, customer_prefix=prefix)),
+        mlflow=MlflowConfig(tracking_uri=mlflow_server),
+        demo=DemoConfig(output_dir=tmp_path),
+    )
+    world = World(cfg.fleet, 42)
+    fm = FleetMlflow(cfg, world)
+    now = time.time()
+    fm.seed(now)
+    client = MlflowClient(mlflow_server)
+    forecasters = [m for m in world.models if cfg.fleet.is_forecaster(m.model)]
+    plan = fm.version_plan(int(now * 1000))
+    want = sum(plan[m][1] or plan[m][0] for m in forecasters)  # versions are numbered 1..n
+    assert fm.log_seeded_models(int(now * 1000)) == want
+    assert fm.log_seeded_models(int(now * 1000)) == 0  # once
+    assert world.serving == {} and fm.champions() == {m: plan[m][0] for m in world.models}
+
+    key = forecasters[0]
+    name = fm.model_name(key)
+    latest = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert client.get_model_version(name, str(latest)).tags[MODEL_TAG] == "sklearn"
+    anomaly = fm.model_name(next(m for m in world.models if not cfg.fleet.is_forecaster(m.model)))
+    assert all(MODEL_TAG not in v.tags for v in client.search_model_versions(f"name='{anomaly}'"))
+
+    # features of the hours after now (what the rows will hold)
+    interval = 3600.0 / cfg.demo.time_scale
+    bi = world.index[(key.customer, key.building)]
+    hours = [world.truth(int(now // interval) + k) for k in range(1, 49)]
+    x = pd.DataFrame({f: [float(t.features[f][bi]) for t in hours] for f in fm.feature_names()})
+    actual = np.array([t.actual[key.energy][bi] for t in hours])
+    regular = ~np.array([t.anomaly[key.energy][bi] for t in hours])
+    # a seeded version was trained on its run's days, seasons ago in simulated time: it loads and forecasts
+    seeded = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/{latest}").predict(x), dtype=float)
+    assert len(seeded) == len(x) and np.all(np.isfinite(seeded))
+
+    # a live training run that becomes a version logs its own model
+    run_id = fm.start_run(key, "job-" + prefix, now, "schedule")
+    fm.finish_run(key, run_id, now + 60, "FINISHED", new_version=True, promote=True)
+    new = max(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert new == latest + 1
+    assert client.get_model_version(name, str(new)).tags[MODEL_TAG] == "sklearn"
+    assert world.serving[key] == new  # promoted: its rows name the new champion
+    # trained on the week up to now, it forecasts the next two days' measured consumption well
+    got = np.asarray(mlflow.pyfunc.load_model(f"models:/{name}/{new}").predict(x), dtype=float)
+    mape = float(np.mean(np.abs(got - actual)[regular] / actual[regular]))
+    assert mape < 0.12, mape

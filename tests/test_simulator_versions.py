@@ -20,7 +20,8 @@ from fleetmon.outputs.pipeline import OutputsPipeline
 from simulator.core import Simulator
 from simulator.fleet import generate_fleet
 from simulator.incidents import KINDS
-from simulator.world import CHAMPION_VERSION, FEATURES, choose_challengers
+from simulator.mlflow_seed import FleetMlflow
+from simulator.world import FEATURES, choose_challengers
 from tests.test_simulator_outputs import START, read_jsonl
 
 BACKFILL = 120  # simulated hours written at start-up: ~120 matured targets per challenger (min_targets 24)
@@ -53,6 +54,7 @@ class Run:
         sim = Simulator(cfg, start=START, mlflow=False)
         sim.fast_forward(HOURS)
         self.sim = sim
+        self.plan = FleetMlflow(cfg, sim.world).version_plan(int(START * 1000))
         self.truth = read_jsonl(out / "ground_truth.jsonl")
         self.now = START + HOURS * sim.interval
         pipe = OutputsPipeline(cfg, clock=lambda: self.now)
@@ -89,7 +91,9 @@ def test_verdicts_match_the_ground_truth(run: Run) -> None:
     for g in chall:
         key = ModelKey(**{k: g[k] for k in ("customer", "building", "energy", "model")})
         d = g["detail"]
-        assert (d["champion_version"], d["challenger_version"]) == (CHAMPION_VERSION, CHAMPION_VERSION + 1)
+        # the versions seeding registers for the model (a challenger's model gets two at least)
+        assert (d["champion_version"], d["challenger_version"]) == run.plan[key]
+        assert d["challenger_version"] == d["champion_version"] + 1
         v = run.verdicts[key]
         assert (int(v["champion"]), int(v["challenger"])) == (d["champion_version"], d["challenger_version"])
         assert v["n"] >= cfg.min_targets
@@ -101,7 +105,8 @@ def test_verdicts_match_the_ground_truth(run: Run) -> None:
     assert set(run.verdicts) == {
         ModelKey(**{k: g[k] for k in ("customer", "building", "energy", "model")}) for g in chall
     }
-    assert all(vs == {CHAMPION_VERSION, CHAMPION_VERSION + 1} for vs in run.versions.values())
+    for key, vs in run.versions.items():
+        assert vs == set(run.plan[key]), key
 
 
 def test_no_challenger_in_a_quiet_building_and_records_after_the_first_wave(run: Run) -> None:
@@ -119,11 +124,15 @@ def test_no_challenger_in_a_quiet_building_and_records_after_the_first_wave(run:
     keys = {ModelKey(**{k: g[k] for k in ("customer", "building", "energy", "model")}) for g in chall}
     served = [r for r in rows if r["model"] == "forecast" and r["alias"] == "champion"]
     shadow = [r for r in rows if r.get("alias") == "challenger"]
-    assert served and all(r["model_version"] == CHAMPION_VERSION for r in served)
-    assert {
-        ModelKey(**{k: r[k] for k in ("customer", "building", "energy", "model")}) for r in shadow
-    } == keys
-    assert all(r["model_version"] == CHAMPION_VERSION + 1 for r in shadow)
+
+    def key_of(r: dict[str, Any]) -> ModelKey:
+        return ModelKey(**{k: r[k] for k in ("customer", "building", "energy", "model")})
+
+    # the registry's champion of each model (as seeding registers them), not one number for all
+    assert served and all(r["model_version"] == run.plan[key_of(r)][0] for r in served)
+    assert len({r["model_version"] for r in served}) > 1
+    assert {key_of(r) for r in shadow} == keys
+    assert all(r["model_version"] == run.plan[key_of(r)][1] for r in shadow)
 
 
 def test_the_choice_is_deterministic_and_share_zero_is_off(tmp_path: Path) -> None:
