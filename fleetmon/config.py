@@ -644,7 +644,9 @@ class ScoringConfig(_Model):
     workers: int = Field(default=2, ge=1)
     timeout_seconds: float = Field(default=120, gt=0)
     memory_limit_mb: int = Field(default=2048, ge=0)
-    cache_size: int = Field(default=8, ge=1)
+    # Loaded models kept per worker: enough for every version a worker scores makes an hourly update cheap
+    # (a version always goes to the same worker); a load that runs out of memory empties the cache first.
+    cache_size: int = Field(default=4096, ge=1)
     # A version that failed to load or predict is tried again after this long.
     retry_after_seconds: float = Field(default=3600, ge=0)
 
