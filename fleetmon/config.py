@@ -563,8 +563,9 @@ class DemoConfig(_Model):
     # Wall seconds an incident lasts, [min, max] (default: 8 to 14 minutes at the demo's time scale).
     # Tests shorten it so alerts fire and resolve within a short run.
     incident_duration_seconds: tuple[float, float] | None = None
-    # Share of the forecasters outside the quiet buildings that run a challenger version beside the
-    # champion (shadow predictions, alias "challenger"; half of them truly better). 0: none.
+    # Share of the forecasters (and as much of the anomaly detectors) outside the quiet buildings that run a
+    # challenger version beside the champion (shadow predictions, alias "challenger"; half of the
+    # forecasters' truly better, every detector's worse). 0: none.
     challenger_share: float = Field(default=0.25, ge=0, le=1)
     # The simulated training API (POST /train: retraining requests, docs/formats.md) on 127.0.0.1 while the
     # simulator runs live. 0: off.

@@ -116,7 +116,7 @@ class Simulator:
             self.out / "ground_truth.jsonl",
             demo.incident_duration_seconds,
         )
-        # Forecasters running a challenger beside the champion: never in a quiet building (those stay silent).
+        # Models running a challenger beside the champion: never in a quiet building (those stay silent).
         self.world.challengers = choose_challengers(
             cfg.fleet, demo.seed, demo.challenger_share, set(self.schedule.quiet)
         )
@@ -146,15 +146,14 @@ class Simulator:
         if demo.pushgateway_url:
             self.pusher = OutcomePusher(demo.pushgateway_url)
             self.pusher.start()
-        # The registry's versions as seeding makes them (no server needed): the champion each forecaster's
-        # rows name, and the version each challenger's shadow rows name.
+        # The registry's versions as seeding makes them (no server needed): the champion each model's rows
+        # name, and the version each challenger's shadow rows name.
         from simulator.mlflow_seed import FleetMlflow, Trainer
 
         fm = FleetMlflow(cfg, self.world, mlflow_client)
         plan = fm.version_plan(int(start * 1000))
         for key, (champion, challenger) in plan.items():
-            if cfg.fleet.is_forecaster(key.model):
-                self.world.serving[key] = champion
+            self.world.serving[key] = champion
             ch = self.world.challengers.get(key)
             if ch is not None and challenger is not None:
                 self.world.challengers[key] = dataclasses.replace(

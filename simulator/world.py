@@ -20,8 +20,11 @@ simulated calendar (hour of day, weekday, season) runs ``time_scale`` times fast
   kept up to date as live training promotes; ``alias: "champion"``). A few forecasters
   (``demo.challenger_share``, never in a quiet building) also run their registry challenger beside it: a
   shadow row (``alias: "challenger"``) for the same target whose error is ``CHALLENGER_NOISE`` times the
-  champion's (truly better for half of them, worse for the others). The ground truth
-  (``Challenger.record``) says which is which. The other versions' predictions are fleetmon's to make
+  champion's (truly better for half of them, worse for the others). As many anomaly detectors run a
+  challenger too, always a worse, jumpy one (it flags from ``DETECTOR_CHALLENGER_Z`` instead of
+  ``DETECTOR_Z``: every true anomaly and a false alarm on about one hour in eight). The ground truth
+  (``Challenger.record``) says which is which; actuals carry ``anomaly_label`` (the hour's true anomaly),
+  what detectors' versions are scored against. The other versions' predictions are fleetmon's to make
   (``fleetmon score``: the registry's versions are real scikit-learn models, simulator.mlflow_seed).
 """
 
@@ -64,6 +67,11 @@ CHAMPION_VERSION = 1
 # from chance. This way a better one's squared loss is lower by 84 % on every other hour (~20-84 % over a
 # window with anomalies), past outputs.versions' margin (5 %) at p << alpha (0.05).
 CHALLENGER_NOISE = {True: 0.4, False: 1.5}
+# An anomaly detector's champion flags from |z| above 4 (z: the measured hour's relative deviation from the
+# expectation in units of 5 %; the measured noise alone is ~0.8 z), its challenger from 1.25: the same true
+# anomalies, and a false alarm on about one hour in eight.
+DETECTOR_Z = 4.0
+DETECTOR_CHALLENGER_Z = 1.25
 
 
 def stable_hash(*parts: object) -> int:
@@ -93,12 +101,15 @@ class Challenger:
 
     key: ModelKey
     better: bool  # truly better than the champion (smaller noise), else worse
+    detector: bool = False  # an anomaly detector's challenger (flags from a lower threshold), else a forecaster's
     champion_version: int = CHAMPION_VERSION
     challenger_version: int = CHAMPION_VERSION + 1
 
     @property
     def noise_factor(self) -> float:
-        return CHALLENGER_NOISE[self.better]
+        """Forecasters: its error as a multiple of the champion's (``CHALLENGER_NOISE``); anomaly detectors
+        (always worse): 1, they differ in their threshold (``DETECTOR_CHALLENGER_Z``)."""
+        return 1.0 if self.detector else CHALLENGER_NOISE[self.better]
 
     def record(self, rid: str, start: float) -> dict[str, Any]:
         """Its ground-truth record (the format of ``simulator.incidents.Incident.record``): from ``start``
@@ -114,6 +125,7 @@ class Challenger:
                 "champion_version": self.champion_version,
                 "challenger_version": self.challenger_version,
                 "better": self.better,
+                "detector": self.detector,
                 "noise_factor": self.noise_factor,
             },
         }
@@ -122,18 +134,29 @@ class Challenger:
 def choose_challengers(
     fleet: FleetConfig, seed: int, share: float, exclude: set[tuple[str, str]]
 ) -> dict[ModelKey, Challenger]:
-    """Forecasters that run a challenger: ``share`` of those outside the buildings ``exclude`` (the quiet
-    ones; at least one when ``share`` > 0), half of them (rounded up) with a better challenger."""
-    cands = [
-        m for m in fleet.models() if fleet.is_forecaster(m.model) and (m.customer, m.building) not in exclude
-    ]
-    if share <= 0 or not cands:
+    """Models that run a challenger: ``share`` of the forecasters outside the buildings ``exclude`` (the quiet
+    ones; at least one when ``share`` > 0), half of them (rounded up) with a better challenger, and ``share``
+    of the anomaly detectors there, each with a worse (jumpy) one."""
+    if share <= 0:
         return {}
-    rng = random.Random(f"{seed}:challengers")
-    chosen = rng.sample(cands, min(len(cands), max(1, round(share * len(cands)))))
-    n_better = (len(chosen) + 1) // 2  # the sample's order is random: its first half is better
-    better = {m: i < n_better for i, m in enumerate(chosen)}
-    return {m: Challenger(m, better=better[m]) for m in cands if m in better}  # in fleet order
+    free = [m for m in fleet.models() if (m.customer, m.building) not in exclude]
+    better: dict[ModelKey, bool] = {}  # forecasters' challengers
+    jumpy: list[ModelKey] = []  # anomaly detectors' challengers
+    cands = [m for m in free if fleet.is_forecaster(m.model)]
+    if cands:
+        rng = random.Random(f"{seed}:challengers")
+        chosen = rng.sample(cands, min(len(cands), max(1, round(share * len(cands)))))
+        n_better = (len(chosen) + 1) // 2  # the sample's order is random: its first half is better
+        better.update((m, i < n_better) for i, m in enumerate(chosen))
+    # Anomaly detectors: the champion already flags nearly every true anomaly and little else (an anomaly is
+    # x1.6..2.5 or x0.2..0.5, far beyond the noise), so a challenger can only be worse: a jumpy one.
+    dets = [m for m in free if fleet.is_anomaly_detector(m.model)]
+    if dets:
+        rng = random.Random(f"{seed}:detector-challengers")
+        jumpy = rng.sample(dets, min(len(dets), max(1, round(share * len(dets)))))
+    out = {m: Challenger(m, better=better[m]) for m in free if m in better}
+    out.update((m, Challenger(m, better=False, detector=True)) for m in jumpy)
+    return {m: out[m] for m in free if m in out}  # in fleet order
 
 
 @dataclass
@@ -349,13 +372,14 @@ class World:
             if self.fleet.is_anomaly_detector(m.model):
                 measured = float(truth.actual[m.energy][bi])
                 z = (measured / max(seen, 1e-9) - 1.0) / 0.05
-                score = 1.0 / (1.0 + math.exp(-(abs(z) - 4.0) * 1.5)) + abs(draws[mi, 0]) * 0.04
-                score = min(1.0, max(0.0, score))
+                score = _anomaly_score(z, DETECTOR_Z, draws[mi, 0])
                 rec.update(
                     made_at=target,
                     target_time=target,
-                    anomaly_score=round(float(score), 4),
+                    anomaly_score=round(score, 4),
                     anomaly_flag=int(score >= ANOMALY_FLAG_THRESHOLD),
+                    model_version=self.serving.get(m, CHAMPION_VERSION),
+                    alias="champion",
                 )
             else:
                 factor = effects.error_factor.get(m, 1.0)
@@ -375,7 +399,21 @@ class World:
             rec["features"] = feats_out
             out.append(rec)
             ch = self.challengers.get(m)
-            if ch is not None and "prediction" in rec:
+            if ch is not None and ch.detector:
+                score = _anomaly_score(z, DETECTOR_CHALLENGER_Z, draws[mi, 0])
+                out.append(
+                    {
+                        **m.labels(),
+                        "made_at": target,
+                        "target_time": target,
+                        "anomaly_score": round(score, 4),
+                        "anomaly_flag": int(score >= ANOMALY_FLAG_THRESHOLD),
+                        "model_version": ch.challenger_version,
+                        "alias": "challenger",
+                        "features": feats_out,
+                    }
+                )
+            elif ch is not None and "prediction" in rec:
                 # Its error on the measured hour is noise_factor x the champion's (same inputs, same
                 # incident effects); a true anomaly surprises both alike: the same forecast that hour.
                 pred = float(rec["prediction"])
@@ -413,10 +451,18 @@ class World:
                         "energy": e,
                         "target_time": rfc3339(k * interval),
                         "actual": float(truth.actual[e][bi]),
+                        # the meter data's own verdict on the hour (what a detector is scored against)
+                        "anomaly_label": int(truth.anomaly[e][bi]),
                         "observed_at": observed,
                     }
                 )
         return out
+
+
+def _anomaly_score(z: float, z_threshold: float, draw: float) -> float:
+    """An anomaly detector's score in 0..1: about 0.5 where |z| reaches its threshold, plus a little noise."""
+    score = 1.0 / (1.0 + math.exp(-(abs(z) - z_threshold) * 1.5)) + abs(float(draw)) * 0.04
+    return min(1.0, max(0.0, score))
 
 
 def _clip_feature(name: str, v: float) -> float:

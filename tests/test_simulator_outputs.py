@@ -126,37 +126,32 @@ def test_prediction_and_actual_files_follow_the_contract(run: Run) -> None:
             assert set(r["features"]) == set(FEATURES)
             assert all(isinstance(v, int | float) for v in r["features"].values())
             assert ts(r["made_at"]) <= ts(r["target_time"]) <= end
-            if key.model == "forecast":
-                assert set(r) == {
-                    *key.labels(),
-                    "made_at",
-                    "target_time",
-                    "prediction",
-                    "model_version",
-                    "alias",
-                    "features",
-                }
-                assert isinstance(r["prediction"], float) and r["prediction"] >= 0
-                # the registry's champion (as seeding registers it), or the challenger it runs beside it
-                if r["alias"] == "champion":
-                    assert r["model_version"] == run.sim.world.serving[key]
-                else:
-                    assert r["alias"] == "challenger"
-                    assert r["model_version"] == run.sim.world.challengers[key].challenger_version
+            # the registry's champion (as seeding registers it), or the challenger it runs beside it
+            if r["alias"] == "champion":
+                assert r["model_version"] == run.sim.world.serving[key]
             else:
-                assert set(r) == {
-                    *key.labels(),
-                    "made_at",
-                    "target_time",
-                    "anomaly_score",
-                    "anomaly_flag",
-                    "features",
-                }
+                assert r["alias"] == "challenger"
+                assert r["model_version"] == run.sim.world.challengers[key].challenger_version
+            common = {*key.labels(), "made_at", "target_time", "model_version", "alias", "features"}
+            if key.model == "forecast":
+                assert set(r) == {*common, "prediction"}
+                assert isinstance(r["prediction"], float) and r["prediction"] >= 0
+            else:
+                assert set(r) == {*common, "anomaly_score", "anomaly_flag"}
                 assert 0.0 <= r["anomaly_score"] <= 1.0 and r["anomaly_flag"] in (0, 1)
     act_files = sorted((run.out / "outputs" / "actuals").iterdir())
     for p in act_files[:3] + act_files[-3:]:
         for r in read_jsonl(p):
-            assert set(r) == {"customer", "building", "energy", "target_time", "actual", "observed_at"}
+            assert set(r) == {
+                "customer",
+                "building",
+                "energy",
+                "target_time",
+                "actual",
+                "anomaly_label",
+                "observed_at",
+            }
+            assert r["anomaly_label"] in (0, 1)
             # actuals arrive 2-4 simulated hours after the hour they measure
             lag = (ts(r["observed_at"]) - ts(r["target_time"])) / run.sim.interval
             assert 2 <= round(lag) <= 4 and r["actual"] > 0

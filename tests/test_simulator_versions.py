@@ -69,8 +69,10 @@ class Run:
         }
         vs = pipe.versions.versions
         self.versions: dict[ModelKey, set[int]] = {}
+        self.flag_rate: dict[tuple[ModelKey, int], float] = {}
         for r in vs.to_dict("records"):
             self.versions.setdefault(models[int(r["model"])], set()).add(int(r["version"]))
+            self.flag_rate[(models[int(r["model"])], int(r["version"]))] = float(r["flag_rate"])
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,7 @@ def test_verdicts_match_the_ground_truth(run: Run) -> None:
     cfg = run.pipeline.cfg.versions
     assert len(chall) >= 4, chall
     assert {g["detail"]["better"] for g in chall} == {True, False}
+    assert {g["detail"]["detector"] for g in chall} == {True, False}
     assert run.rejected == 0
     report = []
     for g in chall:
@@ -97,6 +100,18 @@ def test_verdicts_match_the_ground_truth(run: Run) -> None:
         v = run.verdicts[key]
         assert (int(v["champion"]), int(v["challenger"])) == (d["champion_version"], d["challenger_version"])
         assert v["n"] >= cfg.min_targets
+        if d["detector"]:
+            # the jumpy challenger flags the same anomalies and many more hours: a lower F1, never better,
+            # and McNemar's test sees it (its p-value is the verdict's for detectors)
+            # (F1 is undefined on a window without anomalies where the champion flagged nothing; the
+            # improvement, a share of the champion's loss 1 - F1, also when the champion is perfect)
+            report.append(f"{key} detector n={v['n']} dF1={v['mean_d']:.3f} p={v['pvalue']:.2g}")
+            assert v["outperforms"] == 0.0, report[-1]
+            assert not v["mean_d"] >= 0 and not v["improvement"] >= 0, report[-1]
+            rates = run.flag_rate[(key, d["champion_version"])], run.flag_rate[(key, d["challenger_version"])]
+            assert rates[1] > 0.05 and rates[1] > 2 * rates[0], (report[-1], rates)
+            assert v["pvalue"] < cfg.alpha, report[-1]
+            continue
         report.append(f"{key} better={d['better']} n={v['n']} imp={v['improvement']:.3f} p={v['pvalue']:.2g}")
         assert v["outperforms"] == (1.0 if d["better"] else 0.0), "\n".join(report)
         if not d["better"]:
@@ -141,8 +156,15 @@ def test_the_choice_is_deterministic_and_share_zero_is_off(tmp_path: Path) -> No
     assert a == choose_challengers(fleet, 42, 0.25, set())
     assert a != choose_challengers(fleet, 7, 0.25, set())
     n_forecasters = sum(fleet.is_forecaster(m.model) for m in fleet.models())
-    assert len(a) == round(0.25 * n_forecasters) and all(fleet.is_forecaster(k.model) for k in a)
-    assert sum(c.better for c in a.values()) == (len(a) + 1) // 2
+    n_detectors = sum(fleet.is_anomaly_detector(m.model) for m in fleet.models())
+    forecasters = {k: c for k, c in a.items() if not c.detector}
+    detectors = {k: c for k, c in a.items() if c.detector}
+    assert len(forecasters) == round(0.25 * n_forecasters)
+    assert all(fleet.is_forecaster(k.model) for k in forecasters)
+    assert sum(c.better for c in forecasters.values()) == (len(forecasters) + 1) // 2
+    # a detector's challenger is always worse (a jumpy one)
+    assert len(detectors) == round(0.25 * n_detectors)
+    assert all(fleet.is_anomaly_detector(k.model) and not c.better for k, c in detectors.items())
     assert choose_challengers(fleet, 42, 0.0, set()) == {}
     # no challenger: no shadow rows, no challenger records
     sim = Simulator(make_cfg(tmp_path, challenger_share=0.0, backfill_hours=3), start=START, mlflow=False)
@@ -169,5 +191,7 @@ def test_a_better_challenger_has_a_smaller_error_on_the_files(run: Run) -> None:
             key = ModelKey(**{k: r[k] for k in ("customer", "building", "energy", "model")})
             errs.setdefault((key, r["alias"]), []).append(abs(r["prediction"] - a))
     for key, ch in run.sim.world.challengers.items():
+        if ch.detector:
+            continue
         champ, chal = np.mean(errs[(key, "champion")]), np.mean(errs[(key, "challenger")])
         assert (chal < champ) == ch.better, (key, champ, chal)

@@ -5,12 +5,14 @@ each version's benchmark history on live actuals (the benchmark engine's dashboa
 Every figure is the outputs exporter's version benchmark (``outputs.versions``, docs/metrics.md "Model
 versions"): each version scored on the matured targets that every version of its model predicted, so the
 versions of one model are compared on the same targets. Across buildings the scale differs, so the
-leaderboard ranks by MAPE (a ratio), not by MAE.
+leaderboard ranks by MAPE (a ratio), not by MAE. Anomaly detectors have no MAPE: they are ranked by F1
+against the actuals' anomaly labels and judged by McNemar's test, in a row of their own.
 """
 
 from __future__ import annotations
 
 from grafana_foundation_sdk.builders import dashboard
+from grafana_foundation_sdk.models.dashboard import DynamicConfigValue
 
 from fleetmon.dashboards.common import (
     FLEET_LABELS,
@@ -182,6 +184,8 @@ def build() -> dashboard.Dashboard:
         )
     )
 
+    d = detector_rows(d, s, model_link)
+
     d = d.with_row(row("Benchmark history"))
     version = "{{building}} {{energy}} {{model}} v{{version}} {{alias}}"
     d = d.with_panel(
@@ -213,6 +217,119 @@ def build() -> dashboard.Dashboard:
             ],
             w=8,
             description="matured targets every version of the model predicted (what the figures are over)",
+        )
+    )
+    return d
+
+
+def detector_rows(
+    d: dashboard.Dashboard, s: str, model_link: tuple[str, list[DynamicConfigValue]]
+) -> dashboard.Dashboard:
+    """Anomaly detectors' versions: scored against the actuals' ``anomaly_label`` (precision, recall, F1) and
+    by how often they flag; champion against challenger by McNemar's exact test."""
+    f1 = m("fleetmon_model_version_f1_ratio", s)
+    precision = m("fleetmon_model_version_precision_ratio", s)
+    recall = m("fleetmon_model_version_recall_ratio", s)
+    flag_rate = m("fleetmon_model_version_flag_rate_ratio", s)
+    labelled = m("fleetmon_model_version_labelled_targets", s)
+    mcnemar = m("fleetmon_model_challenger_mcnemar_pvalue", s)
+    flag_ratio = m("fleetmon_model_challenger_flag_rate_ratio", s)
+    # the verdict series of anomaly detectors only (forecasters have no flag-rate ratio)
+    pair = "customer, building, energy, model, champion_version, challenger_version"
+    det_outperforms = f"{m('fleetmon_model_challenger_outperforms', s)} and on ({pair}) {flag_ratio}"
+
+    d = d.with_row(row("Anomaly detectors"))
+    d = d.with_panel(
+        table_panel(
+            "Best detector version per model type",
+            [q(f"topk by (energy, model) (1, {f1})", instant=True, table_format=True)],
+            w=8,
+            h=8,
+            description="for each energy type and detector, the version with the highest F1 against the "
+            "actuals' anomaly labels across the selected fleet (absent where nothing was labelled or flagged)",
+            rename={"Value": "F1"},
+            units={"Value": "percentunit"},
+            column_links=[model_link],
+            sort_by="energy",
+            desc=False,
+        )
+    )
+    top = f"topk({LEADERBOARD_SIZE}, {flag_rate})"
+    d = d.with_panel(
+        table_panel(
+            f"Detector versions: the {LEADERBOARD_SIZE} that flag most",
+            [
+                q(top, instant=True, table_format=True),
+                q(f"{precision} and {top}", instant=True, table_format=True),
+                q(f"{recall} and {top}", instant=True, table_format=True),
+                q(f"{f1} and {top}", instant=True, table_format=True),
+                q(f"{labelled} and {top}", instant=True, table_format=True),
+            ],
+            w=16,
+            h=8,
+            description="each benchmarked detector version: the share of the paired targets it flagged, "
+            "and against the labelled ones precision, recall and F1 (a jumpy version flags often at low "
+            "precision)",
+            rename={
+                "Value #A": "flag rate",
+                "Value #B": "precision",
+                "Value #C": "recall",
+                "Value #D": "F1",
+                "Value #E": "labelled targets",
+            },
+            units={
+                "Value #A": "percentunit",
+                "Value #B": "percentunit",
+                "Value #C": "percentunit",
+                "Value #D": "percentunit",
+            },
+            column_links=[model_link],
+            sort_by="flag rate",
+        )
+    )
+    d = d.with_panel(
+        table_panel(
+            "Detector verdicts",
+            [
+                q(det_outperforms, instant=True, table_format=True),
+                q(flag_ratio, instant=True, table_format=True),
+                q(mcnemar, instant=True, table_format=True),
+            ],
+            w=24,
+            h=8,
+            description="each detector challenger against its champion: outperforms (F1 better by more than "
+            "outputs.versions.margin on enough labelled targets, McNemar p below alpha), how many times as "
+            "often it flags, and McNemar's exact p-value on the paired correctness of the labelled targets",
+            rename={
+                "champion_version": "champion",
+                "challenger_version": "challenger",
+                "Value #A": "outperforms",
+                "Value #B": "flag rate x champion",
+                "Value #C": "McNemar p-value",
+            },
+            column_links=[model_link],
+            sort_by="flag rate x champion",
+        )
+    )
+    version = "{{building}} {{energy}} {{model}} v{{version}} {{alias}}"
+    d = d.with_panel(
+        ts(
+            "Detector flag rate by version",
+            [q(flag_rate, version)],
+            w=12,
+            unit="percentunit",
+            description="share of the paired targets each detector version flagged, as targets mature",
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Detector F1 by version",
+            [q(f1, version)],
+            w=12,
+            unit="percentunit",
+            min_val=0,
+            max_val=1,
+            description="each detector version's F1 against the labelled targets of the window",
         )
     )
     return d
