@@ -99,13 +99,18 @@ def _worker_main(conn: Any, memory_limit_mb: int, cache_size: int, tracking_uri:
 def _load(uri: str, resolved: dict[str, str]) -> Any:
     """``mlflow.pyfunc.load_model`` of a ``models:/<name>/<version>`` URI. What a registered version points
     at never changes, so the artifact location is asked of the registry once per worker (two requests fewer
-    on every later load of the version: a third of a load's time at 4,000 versions)."""
+    on every later load of the version: a third of a load's time at 4,000 versions).
+
+    MLflow compares a model's pip requirements with the installed packages on every load (three quarters
+    of a small scikit-learn model's load time); a fleet's versions come from one training pipeline, so a
+    worker warns of a mismatch on its first load only."""
     import mlflow.pyfunc
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
+    first = not resolved
     if uri not in resolved:
         resolved[uri] = ModelsArtifactRepository.get_underlying_uri(uri)
-    return mlflow.pyfunc.load_model(resolved[uri])
+    return mlflow.pyfunc.load_model(resolved[uri], suppress_warnings=not first)
 
 
 def _score_one(
