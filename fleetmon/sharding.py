@@ -17,9 +17,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
+def stable_hash(*parts: object) -> int:
+    """A 32-bit hash that is the same in every process (Python's ``hash`` of str is salted)."""
+    return zlib.crc32("\x1f".join(str(p) for p in parts).encode())
+
+
 def building_hash(customer: str, building: str) -> int:
     """The same 32-bit value in every process for a (customer, building)."""
-    return zlib.crc32(f"{customer}\x1f{building}".encode())
+    return stable_hash(customer, building)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import random
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from fleetmon.config import FleetConfig, ModelKey
+from fleetmon.sharding import stable_hash
 
 FEATURES = ("outdoor_temperature", "solar_radiation", "hour_of_day", "day_of_week", "occupancy", "humidity")
 
@@ -74,11 +74,6 @@ DETECTOR_Z = 4.0
 DETECTOR_CHALLENGER_Z = 1.25
 
 
-def stable_hash(*parts: object) -> int:
-    """A hash that is the same in every process (Python's ``hash`` of str is salted)."""
-    return zlib.crc32("\x1f".join(str(p) for p in parts).encode())
-
-
 def is_heating_like(energy: str) -> bool:
     return "heat" in energy.lower()
 
@@ -101,7 +96,7 @@ class Challenger:
 
     key: ModelKey
     better: bool  # truly better than the champion (smaller noise), else worse
-    detector: bool = False  # an anomaly detector's challenger (flags from a lower threshold), else a forecaster's
+    detector: bool = False  # an anomaly detector's challenger (flags from a lower threshold)
     champion_version: int = CHAMPION_VERSION
     challenger_version: int = CHAMPION_VERSION + 1
 
@@ -154,9 +149,9 @@ def choose_challengers(
     if dets:
         rng = random.Random(f"{seed}:detector-challengers")
         jumpy = rng.sample(dets, min(len(dets), max(1, round(share * len(dets)))))
-    out = {m: Challenger(m, better=better[m]) for m in free if m in better}
-    out.update((m, Challenger(m, better=False, detector=True)) for m in jumpy)
-    return {m: out[m] for m in free if m in out}  # in fleet order
+    picked = {m: Challenger(m, better=b) for m, b in better.items()}
+    picked |= {m: Challenger(m, better=False, detector=True) for m in jumpy}
+    return {m: picked[m] for m in free if m in picked}  # in fleet order
 
 
 @dataclass
