@@ -196,6 +196,7 @@ class _TableState:
     rows_read: int = 0
     duplicates: int = 0
     late: int = 0  # new rows older than the watermark: found thanks to the overlap
+    other_shard: int = 0  # rows of apps another shard owns (sharded by app): left to that shard
     rejected: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,6 +207,7 @@ class _TableState:
             "rows_read": self.rows_read,
             "duplicates": self.duplicates,
             "late": self.late,
+            "other_shard": self.other_shard,
             "rejected": dict(self.rejected),
         }
 
@@ -221,6 +223,7 @@ class _TableState:
             rows_read=int(d.get("rows_read", 0)),
             duplicates=int(d.get("duplicates", 0)),
             late=int(d.get("late", 0)),
+            other_shard=int(d.get("other_shard", 0)),
             rejected={str(k): int(v) for k, v in dict(d.get("rejected", {})).items()},
         )
 
@@ -496,7 +499,9 @@ class LogAnalyticsSource:
                 if row.ingested is not None and row.tg is not None:
                     delays.append((row.ingested - row.tg) / US)
                 reason, app = self._feed(table, row, line)
-                if reason is not None:
+                if reason == "other_shard":
+                    st.other_shard += 1
+                elif reason is not None:
                     self._reject(table, app, reason, line)
             # the end of what the workspace holds so far: errors whose trace may be complete count now
             settle, stats = self.tailer.parser.classifier.settle, self.tailer.parser.stats
@@ -508,6 +513,8 @@ class LogAnalyticsSource:
         rec = row.record
         name = next((rec[c] for c in APP_COLUMNS if rec.get(c)), None)
         stats = self.tailer.parser.stats
+        if not self.tailer.shard.owns_name(name):
+            return "other_shard", None  # another shard counts it (or rejects it as unknown_app)
         if not isinstance(name, str) or name not in stats:
             return "unknown_app", None
         if len(line) > MAX_LINE:
@@ -723,6 +730,11 @@ class LogAnalyticsSource:
         dup = CounterMetricFamily(
             f"{p}_duplicate_rows", "Rows read again (overlap, paging) and dropped.", labels=["table"]
         )
+        other = CounterMetricFamily(
+            f"{p}_rows_other_shard",
+            "Rows of apps another shard owns (sharded by app), left to it (0 unless sharded).",
+            labels=["table"],
+        )
         late = CounterMetricFamily(
             f"{p}_late_rows",
             "New rows older than the watermark when read: ingested late, found thanks to the overlap.",
@@ -762,6 +774,7 @@ class LogAnalyticsSource:
                 read.add_metric([t], st.rows_read)
                 dup.add_metric([t], st.duplicates)
                 late.add_metric([t], st.late)
+                other.add_metric([t], st.other_shard)
                 for reason in dict.fromkeys([*REJECT_REASONS, *st.rejected]):
                     rej.add_metric([t, reason], st.rejected.get(reason, 0))
                 part.add_metric([t], self.partial_results[t])
@@ -777,7 +790,7 @@ class LogAnalyticsSource:
                 err.add_metric([reason], n)
             for kind, n in self.checkpoint_errors.items():
                 ckpt.add_metric([kind], n)
-        yield from (up, last, wm, read, dup, late, rej, thr, part, err, delay, ckpt, dur)
+        yield from (up, last, wm, read, dup, late, other, rej, thr, part, err, delay, ckpt, dur)
 
 
 def _partial(d: Any) -> PartialState:

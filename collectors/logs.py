@@ -66,6 +66,7 @@ from collectors.logformats import (
 from collectors.logstats import LATENCY_BUCKETS
 from fleetmon.config import Config, LogsConfig
 from fleetmon.exporter import register
+from fleetmon.sharding import Shard
 
 log = logging.getLogger(__name__)
 
@@ -269,9 +270,12 @@ class _File:
 class LogTailer:
     """Follows the configured apps' files and feeds their lines to a ``LineParser``. Thread-safe reads."""
 
-    def __init__(self, cfg: LogsConfig) -> None:
+    def __init__(self, cfg: LogsConfig, shard: Shard | None = None) -> None:
         self.cfg = cfg
-        self.parser = LineParser(cfg.apps, max_routes=cfg.max_routes)
+        # Sharded by app: this tailer follows only the apps its shard owns (fleetmon/sharding.py).
+        self.shard = shard or Shard()
+        self.apps = {app: globs for app, globs in cfg.apps.items() if self.shard.owns_name(app)}
+        self.parser = LineParser(self.apps, max_routes=cfg.max_routes)
         self.quarantine = Quarantine(cfg.quarantine_file, on_written=self._count_quarantined)
         self.lock = threading.Lock()  # guards parser.stats against a concurrent scrape
         self.files: dict[tuple[int, int], _File] = {}
@@ -422,7 +426,7 @@ class LogTailer:
     # ---------------------------------------------------------------------------------- files
     def _discover(self) -> dict[tuple[int, int], tuple[str, str]]:
         found: dict[tuple[int, int], tuple[str, str]] = {}
-        for app, globs in self.cfg.apps.items():
+        for app, globs in self.apps.items():
             for g in globs:
                 for p in sorted(glob.glob(g, recursive=True)):
                     try:
@@ -781,7 +785,7 @@ class LogsCollector:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg.platform.logs
         self.enabled = self.cfg.enabled and bool(self.cfg.apps)
-        self.tailer = LogTailer(self.cfg)
+        self.tailer = LogTailer(self.cfg, cfg.shard)
         # Azure Log Analytics rows go through the same parser and counters as the files' lines.
         la = self.cfg.log_analytics
         self.log_analytics = (

@@ -27,6 +27,11 @@ Polling (``poll()``, in the background) keeps per-run and per-model state in mem
   ``mlflow.source.name``), read anyway for the fleet mapping. Each run keeps a small ``Lineage`` tuple; the
   exported versions (aliased and the newest) are joined to their run by the version's ``run_id``.
 
+As shard i of N (``shard``, fleetmon/sharding.py) the collector exports only the buildings it owns: it does
+not read experiments named (``mlflow.experiment_pattern``) for other shards' buildings, and it keeps no run
+or registered model whose tags or name map to one. What maps to no building at all (runs without fleet tags,
+malformed objects, registered models no pattern maps) is shard 0's to count and quarantine.
+
 A scrape (``collect()``) yields metric families built at the end of the last successful poll, plus the live
 health series; when MLflow is down the last good values keep being served with ``fleetmon_mlflow_up 0``.
 """
@@ -36,6 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import string
 import sys
 import threading
 import time
@@ -130,12 +137,19 @@ class MlflowCollector:
         m = cfg.mlflow
         self.m = m
         self.client = client or MlflowRest.from_config(m)
-        self.fleet: set[Key] = {(k.customer, k.building, k.energy, k.model) for k in cfg.fleet.models()}
-        # Registered-model names the pattern gives each fleet model: exact lookup, no ambiguous regex.
-        self.name_to_key: dict[str, Key] = {
-            m.registered_model_pattern.format(customer=k[0], building=k[1], energy=k[2], model=k[3]): k
-            for k in self.fleet
+        self.shard = cfg.shard
+        self.fleet: set[Key] = {
+            (k.customer, k.building, k.energy, k.model) for k in cfg.fleet.models(self.shard)
         }
+        # Registered-model names the pattern gives each fleet model (every shard's, so that another shard's
+        # model is known as such): exact lookup, no ambiguous regex.
+        self.name_to_key: dict[str, Key] = {
+            m.registered_model_pattern.format(
+                customer=k.customer, building=k.building, energy=k.energy, model=k.model
+            ): (k.customer, k.building, k.energy, k.model)
+            for k in cfg.fleet.models()
+        }
+        self.experiment_re = _pattern_re(m.experiment_pattern)
         self.duration_keys = dict(m.duration_metric_keys)  # kind -> metric key
         self.training_data_tag = m.training_data_tag
         self.wanted_metrics = set(m.metric_keys) | set(self.duration_keys.values())
@@ -216,9 +230,7 @@ class MlflowCollector:
         saved = (self._experiments, self._runs, self._runs_by_key, self._run_agg, self._models)
         quarantine: list[dict[str, Any]] = []
         try:
-            self._experiments = {
-                str(e["experiment_id"]) for e in self.client.search_experiments() if "experiment_id" in e
-            }
+            self._experiments = self._own_experiments(self.client.search_experiments())
             self._runs, self._runs_by_key, self._run_agg = {}, defaultdict(set), {}
             # Each page is parsed into compact records as it arrives: 40,000 runs of raw JSON held at once
             # would cost the exporter hundreds of MiB.
@@ -241,11 +253,9 @@ class MlflowCollector:
 
     # ---------------------------------------------------------------------------- incremental read
     def _poll_incremental(self, since_ms: int) -> None:
-        new_exps = {
-            str(e["experiment_id"])
-            for e in self.client.search_experiments(f"attribute.creation_time >= {since_ms}")
-            if "experiment_id" in e
-        }
+        new_exps = self._own_experiments(
+            self.client.search_experiments(f"attribute.creation_time >= {since_ms}")
+        )
         exp_ids = sorted(self._experiments | new_exps)
         raw_runs: list[dict[str, Any]] = []
         # Experiments created lately are read whole: a seeder or an import fills a new experiment with
@@ -297,11 +307,36 @@ class MlflowCollector:
         self._apply_versions(raw_versions, set(changed), quarantine)
         self._write_quarantine(quarantine)
 
+    def _own_experiments(self, experiments: list[dict[str, Any]]) -> set[str]:
+        """Ids of the experiments to read: all but those named for another shard's building."""
+        out = set()
+        for e in experiments:
+            if "experiment_id" not in e:
+                continue
+            match = self.experiment_re.fullmatch(str(e.get("name", ""))) if self.experiment_re else None
+            if match is None or self.shard.owns(match["customer"], match["building"]):
+                out.add(str(e["experiment_id"]))
+        return out
+
     def _fetch_registered_models(self) -> list[dict[str, Any]]:
+        """Every registered model but those of other shards' buildings (by tags, else by name)."""
         out: list[dict[str, Any]] = []
         for page in self.client.search_registered_models():
-            out.extend(page)
+            out.extend(raw for raw in page if self._owns_model(raw))
         return out
+
+    def _owns_model(self, raw: Any) -> bool:
+        if self.shard.count == 1:
+            return True
+        name = raw.get("name") if isinstance(raw, dict) else None
+        try:
+            tags = {str(t["key"]): str(t.get("value", "")) for t in raw.get("tags", [])}
+        except (KeyError, TypeError, AttributeError):
+            tags = {}
+        customer, building = tags.get(self.m.tag_keys["customer"]), tags.get(self.m.tag_keys["building"])
+        if not (customer and building) and isinstance(name, str) and name in self.name_to_key:
+            customer, building = self.name_to_key[name][:2]
+        return self.shard.owns(customer, building)  # naming no building: shard 0's
 
     # --------------------------------------------------------------------------------------- runs
     def _ingest_run(self, raw: dict[str, Any], quarantine: list[dict[str, Any]]) -> set[Key]:
@@ -310,9 +345,13 @@ class MlflowCollector:
             rec = self._parse_run(raw)
         except _Malformed as e:
             rid = _run_id(raw) or f"unknown-{hashlib.sha256(repr(raw).encode()).hexdigest()[:12]}"
+            if not self.shard.owns(None, None):
+                return self._drop_run(rid)  # a malformed run names no building: shard 0's
             rec = RunRec(rid, None, "malformed", "unknown", None, None, {}, "", "")
             quarantine.append({"kind": "run", "id": rid, "reason": "malformed", "detail": str(e)})
         dirty = self._drop_run(rec.run_id)
+        if rec.reason == "other_shard":
+            return dirty  # another shard's building (it moved there, if we held it): not kept
         self._runs[rec.run_id] = rec
         if rec.key is not None:
             self._runs_by_key[rec.key].add(rec.run_id)
@@ -352,7 +391,9 @@ class MlflowCollector:
         values = [tags.get(self.m.tag_keys[label]) for label in FLEET_LABELS]
         key: Key | None = None
         reason: str | None = None
-        if any(v is None or v == "" for v in values):
+        if not self.shard.owns(values[0], values[1]):
+            reason = "other_shard"  # or, without both ids, shard 0's to report
+        elif any(v is None or v == "" for v in values):
             reason = "missing_tags"
         elif tuple(values) not in self.fleet:
             reason = "unknown_fleet_key"
@@ -747,6 +788,20 @@ class MlflowCollector:
 
 
 # ================================================================================== helpers
+def _pattern_re(pattern: str) -> re.Pattern[str] | None:
+    """``mlflow.experiment_pattern`` (``{customer}/{building}``, checked by the config) as a regex with those
+    two named groups; None for "" (no experiment is known to be one building's)."""
+    if not pattern:
+        return None
+    out, seen = "", set()
+    for literal, name, _, _ in string.Formatter().parse(pattern):
+        out += re.escape(literal)
+        if name is not None:
+            out += f"(?P={name})" if name in seen else f"(?P<{name}>.+?)"
+            seen.add(name)
+    return re.compile(out)
+
+
 def _run_id(raw: dict[str, Any]) -> str:
     info = raw.get("info") if isinstance(raw, dict) else None
     if not isinstance(info, dict):

@@ -495,6 +495,11 @@ def ingest_families(p: OutputsPipeline) -> list[Metric]:
     rows = CounterMetricFamily(
         "fleetmon_outputs_rows_read", "Rows read from the source, accepted or rejected.", labels=["source"]
     )
+    other_shard = CounterMetricFamily(
+        "fleetmon_outputs_rows_other_shard",
+        "Rows of buildings another shard owns, left out unread (not in rows_read; 0 unless sharded).",
+        labels=["source"],
+    )
     info = GaugeMetricFamily(
         "fleetmon_outputs_source_info",
         "Configured outputs sources.",
@@ -505,11 +510,12 @@ def ingest_families(p: OutputsPipeline) -> list[Metric]:
         errors.add_metric([name], float(p.source_errors[name]))
         files.add_metric([name], float(p.files_read[name]))
         rows.add_metric([name], float(p.rows_read[name]))
+        other_shard.add_metric([name], float(p.rows_other_shard[name]))
         if hasattr(src, "glob"):
             info.add_metric([name, kind, src.format, src.glob], 1.0)  # type: ignore[union-attr]
         else:
             info.add_metric([name, kind, "sql", safe_url(src.url)], 1.0)
-    out += [up, errors, files, rows, info]
+    out += [up, errors, files, rows, other_shard, info]
     sql_errors = CounterMetricFamily(
         "fleetmon_outputs_sql_read_errors",
         "Failed reads of the SQL source by reason: connect (no connection), connection_lost (during the "
@@ -569,7 +575,7 @@ def building_families(cfg: Config) -> list[Metric]:
         "Building volume from the fleet config.",
         labels=["customer", "building"],
     )
-    for c, b in cfg.fleet.buildings():
+    for c, b in cfg.fleet.buildings(cfg.shard):
         info.add_metric(
             [c.id, b.id, b.building_type, b.weather_station, _fmt(b.latitude), _fmt(b.longitude)], 1.0
         )

@@ -5,6 +5,7 @@
 --web.config.file PATH        exporter-toolkit web config: TLS, basic auth, headers (env
                               FLEETMON_WEB_CONFIG_FILE, else the exporter's ``listen.web_config_file``;
                               ``""`` switches it off); see fleetmon.webconfig
+--shard i/N                   run as shard i of N (overrides the config's ``shard``; fleetmon/sharding.py)
 --collector.NAME / --no-collector.NAME   switch a collector on or off
 --log.level LEVEL
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from fleetmon.config import Config, ConfigError, ListenConfig, default_config_path, load_config
 from fleetmon.exporter import COLLECTORS, Exporter, build_collectors, run_forever
+from fleetmon.sharding import Shard
 from fleetmon.webconfig import WebServing, resolve
 
 
@@ -37,6 +39,9 @@ def parse_args(
         help="web config file (TLS, basic auth) in exporter-toolkit's format; default from config",
     )
     p.add_argument("--log.level", dest="log_level", default="info")
+    p.add_argument(
+        "--shard", dest="shard", default=None, help="i/N: export only the buildings shard i of N owns"
+    )
     for c in collector_names:
         spec = COLLECTORS[c]
         g = p.add_mutually_exclusive_group()
@@ -72,6 +77,11 @@ def exporter_main(
         logging.getLogger("azure.core.pipeline.policies.http_logging_policy").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config_file)
+        if args.shard is not None:
+            try:
+                cfg = cfg.model_copy(update={"shard": Shard.parse(args.shard)})
+            except ValueError as e:
+                raise ConfigError(f"--shard: {e}") from None
         listen = listen_of(cfg)
         web_file = resolve(args.web_config_file, listen.web_config_file)
         web = WebServing(web_file) if web_file is not None else None
@@ -82,6 +92,6 @@ def exporter_main(
     if args.listen:
         h, _, p = args.listen.rpartition(":")
         host, port = h or "0.0.0.0", int(p)
-    exporter = Exporter(name, build_collectors(collector_names, cfg, enabled))
+    exporter = Exporter(name, build_collectors(collector_names, cfg, enabled), cfg.shard)
     run_forever(exporter, host, port, intervals_of(cfg), web)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fleetmon.sharding import Shard
 
 ENV_PREFIX = "FLEETMON__"
 # Label values must stay bounded and safe in PromQL regexes and URLs.
@@ -220,13 +223,16 @@ class FleetConfig(_Model):
             seen.add(c.id)
         return v
 
-    def buildings(self) -> list[tuple[Customer, Building]]:
-        return [(c, b) for c in self.customers for b in c.buildings]
+    def buildings(self, shard: Shard | None = None) -> list[tuple[Customer, Building]]:
+        """Every building of the fleet, or those ``shard`` owns, in a stable order."""
+        return [
+            (c, b) for c in self.customers for b in c.buildings if shard is None or shard.owns(c.id, b.id)
+        ]
 
-    def models(self) -> list[ModelKey]:
-        """Every model of the fleet, in a stable order."""
+    def models(self, shard: Shard | None = None) -> list[ModelKey]:
+        """Every model of the fleet, or those of the buildings ``shard`` owns, in a stable order."""
         out = []
-        for c, b in self.buildings():
+        for c, b in self.buildings(shard):
             for e in b.energy_types or self.energy_types:
                 for r in b.model_roles or self.model_roles:
                     out.append(ModelKey(customer=c.id, building=b.id, energy=e, model=r))
@@ -286,6 +292,10 @@ class MlflowConfig(_Model):
     )
     # ... or, for registered models without tags, a name pattern.
     registered_model_pattern: str = "{customer}.{building}.{energy}.{model}"
+    # Experiments named by this pattern hold one building's runs: a shard (`shard`) does not read those of
+    # buildings other shards own. Experiments named otherwise are read by every shard, which keeps the runs
+    # whose tags name its buildings. "": read every experiment.
+    experiment_pattern: str = "{customer}/{building}"
     # Which logged run metrics are exported as model quality.
     metric_keys: list[str] = Field(default_factory=lambda: ["mae", "rmse", "mape"])
     # Logged run metrics holding durations, by kind (label ``kind``).
@@ -307,6 +317,13 @@ class MlflowConfig(_Model):
                 raise ValueError(f"registered_model_pattern must contain {{{key}}}")
         if "wall" in self.duration_metric_keys:
             raise ValueError("duration_metric_keys: kind 'wall' is reserved for a run's wall time")
+        if self.experiment_pattern:
+            fields = {f for _, f, _, _ in string.Formatter().parse(self.experiment_pattern) if f is not None}
+            if fields != {"customer", "building"}:
+                raise ValueError(
+                    "experiment_pattern must use exactly {customer} and {building} (or be empty), "
+                    f"not {sorted(fields)}"
+                )
         return self
 
 
@@ -732,8 +749,26 @@ class Config(_Model):
     actions: ActionsConfig = Field(default_factory=ActionsConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     evaluations: EvaluationsConfig = Field(default_factory=EvaluationsConfig)
+    # Run the exporters as shard i of N ("i/N", or {index, count}): each exports and reads only the
+    # buildings it owns (fleetmon/sharding.py); the exporters' --shard flag wins. Default 0/1: everything.
+    shard: Shard = Field(default_factory=Shard)
     # The file it was read from (None when built in code).
     source: Path | None = Field(default=None, exclude=True)
+
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return Shard.parse(v)
+        if isinstance(v, dict):
+            unknown = set(v) - {"index", "count"}
+            if unknown:
+                raise ValueError(f"a shard has only index and count, not {sorted(unknown)}")
+            if not all(isinstance(v.get(k, 0), int) and not isinstance(v.get(k), bool) for k in v):
+                raise ValueError("a shard's index and count are whole numbers")
+            return Shard(**v)
+        return v
 
 
 # --------------------------------------------------------------------------------------------- load

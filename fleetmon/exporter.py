@@ -34,6 +34,7 @@ from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler, ge
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetmon.config import Config
+from fleetmon.sharding import Shard
 from fleetmon.webconfig import WebServing, WebThreadingWSGIServer
 
 log = logging.getLogger(__name__)
@@ -142,6 +143,13 @@ class _HealthCollector:
             duration.add_metric([name], time.perf_counter() - start)
         yield success
         yield duration
+        shard = GaugeMetricFamily(
+            "fleetmon_exporter_shard_info",
+            "Which shard of the fleet this exporter is (index of count; 0 of 1: the whole fleet).",
+            labels=["index", "count"],
+        )
+        shard.add_metric([str(self._exp.shard.index), str(self._exp.shard.count)], 1.0)
+        yield shard
         yield from self._poll_metrics()
 
     def _poll_metrics(self) -> Iterator[Metric]:
@@ -177,9 +185,10 @@ class _HealthCollector:
 class Exporter:
     """A set of collectors served on one port, with their polls scheduled in the background."""
 
-    def __init__(self, name: str, collectors: dict[str, Any]) -> None:
+    def __init__(self, name: str, collectors: dict[str, Any], shard: Shard | None = None) -> None:
         self.name = name
         self.collectors = collectors
+        self.shard = shard or Shard()
         self.poll_states: dict[str, _PollState] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_HealthCollector(self))

@@ -7,7 +7,13 @@ forecaster and anomaly detector) always land on the same shard; it is CRC-32 of 
 buildings spreads evenly: each shard's share is within a few percent of ``1 / count`` from a few thousand
 buildings on (tests/test_sharding.py measures it).
 
-Not yet wired into the exporters: this is the ownership rule they will share.
+What names no building (a malformed row, a run without fleet tags, a registered model no pattern maps) is
+shard 0's, so it is counted and quarantined exactly once over all shards. The platform exporter shards by
+app instead (``owns_name``): an app's files and Log Analytics rows all go to one shard.
+
+Where it is applied: ``FleetConfig.models(shard)`` / ``buildings(shard)`` (what a shard exports),
+``fleetmon.outputs.records.own_rows`` (prediction and actual rows), the MLflow collector (runs and
+registered models) and the platform logs collector (apps). Configured as ``shard: i/N`` or ``--shard i/N``.
 """
 
 from __future__ import annotations
@@ -52,8 +58,22 @@ class Shard:
             detail = f": {e}" if str(e) else ""
             raise ValueError(f"a shard is written i/N (e.g. 0/2), not {text!r}{detail}") from None
 
-    def owns(self, customer: str, building: str) -> bool:
-        return self.count == 1 or building_hash(customer, building) % self.count == self.index
+    def owns(self, customer: object, building: object) -> bool:
+        """Whether this shard owns the building; a record without both ids is shard 0's."""
+        if self.count == 1:
+            return True
+        if not customer or not building:
+            return self.index == 0
+        return building_hash(str(customer), str(building)) % self.count == self.index
+
+    def owns_name(self, name: object) -> bool:
+        """Whether this shard owns a thing that is not a building's, e.g. a platform app, by its name; a
+        thing without a name is shard 0's."""
+        if self.count == 1:
+            return True
+        if not name:
+            return self.index == 0
+        return stable_hash(str(name)) % self.count == self.index
 
     def select(self, buildings: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """The (customer, building) pairs this shard owns, in the given order."""

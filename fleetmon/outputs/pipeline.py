@@ -55,7 +55,7 @@ import pandas as pd
 from fleetmon.config import Config, FileSource, SqlSource
 from fleetmon.outputs.quality import Quality, compute
 from fleetmon.outputs.quarantine import Quarantine
-from fleetmon.outputs.records import READERS, Batch, FleetIndex, Kind, table_batch, validate
+from fleetmon.outputs.records import READERS, Batch, FleetIndex, Kind, RowOwner, table_batch, validate
 from fleetmon.outputs.state import ReadState, SqlMark
 from fleetmon.outputs.store import OutputStore
 from fleetmon.outputs.versions import Versions
@@ -90,7 +90,8 @@ class OutputsPipeline:
         self.cfg = cfg.outputs
         self.readonly = readonly
         self.clock = clock
-        self.fleet = FleetIndex(cfg.fleet)
+        self.fleet = FleetIndex(cfg.fleet, cfg.shard)
+        self.owner = RowOwner(cfg.shard)
         self.features = list(self.cfg.features)
         self.store = OutputStore(self.fleet, self.features, self.cfg.retention_seconds)
         self.state = ReadState(self.cfg.state_dir, load=not readonly)
@@ -106,6 +107,8 @@ class OutputsPipeline:
         self.source_errors: Counter[str] = Counter(dict.fromkeys(names, 0))
         self.files_read: Counter[str] = Counter(dict.fromkeys(names, 0))
         self.rows_read: Counter[str] = Counter(dict.fromkeys(names, 0))
+        # Rows of buildings other shards own: left out before validation (0 when not sharded).
+        self.rows_other_shard: Counter[str] = Counter(dict.fromkeys(names, 0))
         self.sql_errors: Counter[tuple[str, str]] = Counter(
             {(s.name or "", r): 0 for s in self.cfg.sql for r in SQL_ERROR_REASONS}
         )
@@ -173,6 +176,7 @@ class OutputsPipeline:
                     ("source_errors", self.source_errors),
                     ("files_read", self.files_read),
                     ("rows_read", self.rows_read),
+                    ("rows_other_shard", self.rows_other_shard),
                     ("late_rows", self.late_rows),
                 )
             },
@@ -217,6 +221,7 @@ class OutputsPipeline:
                 ("source_errors", self.source_errors),
                 ("files_read", self.files_read),
                 ("rows_read", self.rows_read),
+                ("rows_other_shard", self.rows_other_shard),
                 ("late_rows", self.late_rows),
             ):
                 for k, n in dict(saved.get(name) or {}).items():
@@ -380,6 +385,7 @@ class OutputsPipeline:
         self._sql_synced.add(name)
 
     def _ingest(self, batch: Batch, now: float, count: bool) -> None:
+        batch, other_shard = self.owner.own_rows(batch)
         v = validate(
             batch, self.fleet, self.features, now, self.cfg.max_future_skew_seconds, self.cfg.versions.aliases
         )
@@ -387,6 +393,7 @@ class OutputsPipeline:
         if not count:
             return
         self.rows_read[batch.source] += len(batch.frame) + len(batch.rejected)
+        self.rows_other_shard[batch.source] += other_shard
         rejected = [*v.rejected, *dups]
         for r in rejected:
             lab = r.labels

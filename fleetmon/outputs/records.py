@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from fleetmon.config import FleetConfig
+from fleetmon.sharding import Shard
 
 Kind = Literal["predictions", "actuals"]
 FEATURE_PREFIX = "features."
@@ -233,8 +234,8 @@ def _jsonable(v: Any) -> Any:
 class FleetIndex:
     """Integer ids for the fleet's models and (building, energy) pairs, for vectorised work."""
 
-    def __init__(self, fleet: FleetConfig) -> None:
-        self.models = fleet.models()
+    def __init__(self, fleet: FleetConfig, shard: Shard | None = None) -> None:
+        self.models = fleet.models(shard)
         self.model_ids: dict[tuple[str, str, str, str], int] = {}
         self.be: list[tuple[str, str, str]] = []
         self.be_ids: dict[tuple[str, str, str], int] = {}
@@ -261,6 +262,51 @@ class FleetIndex:
             joined = joined + "\x1f" + frame[k].astype(str)
         table = self._model_str if len(keys) == 4 else self._be_str
         return joined.map(table).fillna(-1).to_numpy(dtype=np.int64)
+
+
+# ---------------------------------------------------------------------------------------- sharding
+class RowOwner:
+    """Which rows of a batch are this shard's (fleetmon/sharding.py): those whose customer and building it
+    owns; rows that name no building (and rows refused while reading) are shard 0's. Other shards' rows are
+    dropped before validation, the costly part, and only counted: they are neither accepted nor rejected
+    here, and go to no quarantine."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self._owned: dict[str, bool] = {}  # "customer\x1fbuilding" -> owned (a few per building)
+
+    def own_rows(self, batch: Batch) -> tuple[Batch, int]:
+        """The batch with only this shard's rows, and how many rows (of either kind) were left out."""
+        if self.shard.count == 1:
+            return batch, 0
+        df = batch.frame
+        first = self.shard.index == 0
+        owned = np.full(len(df), first)
+        if len(df):
+            customer, building = _col(df, "customer"), _col(df, "building")
+            placed = ~(_isnull(customer) | _isnull(building))
+            joined = customer[placed].astype(str) + "\x1f" + building[placed].astype(str)
+            if len(self._owned) > 100_000:  # bounded whatever the input names: a few entries per building
+                self._owned.clear()
+            for key in joined.unique():
+                if key not in self._owned:
+                    self._owned[key] = self.shard.owns(*key.split("\x1f", 1))
+            owned[placed] = joined.map(self._owned).to_numpy(dtype=bool)
+        rejected = batch.rejected if first else []  # refused while reading: they name no building
+        skipped = int((~owned).sum()) + len(batch.rejected) - len(rejected)
+        keep = np.flatnonzero(owned)
+        frame = df if len(keep) == len(df) else df.iloc[keep].reset_index(drop=True)
+        original = batch.original
+        own = Batch(
+            batch.kind,
+            batch.source,
+            batch.origin,
+            frame,
+            batch.loc[keep],
+            lambda i: original(int(keep[i])),
+            rejected,
+        )
+        return own, skipped
 
 
 # -------------------------------------------------------------------------------------- validation
