@@ -890,7 +890,12 @@ class Soak:
         self.wait_polls("mlflow", time.time())
         in_mlflow: Counter[str] = Counter()
         exps = sm.get_json(self.mlflow_url, "/api/2.0/mlflow/experiments/search", max_results="1000")
-        ids = [e["experiment_id"] for e in exps.get("experiments", [])]
+        # fleetmon's own evaluation runs are not the platform's: the exporter does not read them
+        ids = [
+            e["experiment_id"]
+            for e in exps.get("experiments", [])
+            if e.get("name") != self.cfg.evaluations.experiment
+        ]
         token = None
         while ids:
             body: dict[str, Any] = {"experiment_ids": ids, "max_results": 1000}
@@ -996,10 +1001,11 @@ class Soak:
                 + note,
             )
         # accepted + rejected = read, per kind
-        for kind, sources in (
-            ("predictions", [self.pred_source, "soak-bad", "soak-pg"]),
-            ("actuals", [self.act_source]),
-        ):
+        o = self.cfg.outputs
+        # every source of the kind: the demo's, the soak's and `fleetmon score`'s shadow predictions
+        files = {"predictions": o.predictions, "actuals": o.actuals}
+        for kind in ("predictions", "actuals"):
+            sources = [f.name or "" for f in files[kind]] + [q.name or "" for q in o.sql if q.kind == kind]
             read = sum(counted(f"rows:{s}", end_cp["t"])[0] for s in sources)
             acc = counted(f"accepted:{kind}", end_cp["t"])[0]
             rej = counted(f"rejected:{kind}", end_cp["t"])[0]

@@ -308,12 +308,14 @@ class MlflowCollector:
         self._write_quarantine(quarantine)
 
     def _own_experiments(self, experiments: list[dict[str, Any]]) -> set[str]:
-        """Ids of the experiments to read: all but those named for another shard's building."""
+        """Ids of the experiments to read: all but those named for another shard's building, and fleetmon's
+        own evaluation runs (``evaluations.experiment``: not the platform's training runs)."""
         out = set()
         for e in experiments:
-            if "experiment_id" not in e:
+            name = str(e.get("name", ""))
+            if "experiment_id" not in e or name == self.cfg.evaluations.experiment:
                 continue
-            match = self.experiment_re.fullmatch(str(e.get("name", ""))) if self.experiment_re else None
+            match = self.experiment_re.fullmatch(name) if self.experiment_re else None
             if match is None or self.shard.owns(match["customer"], match["building"]):
                 out.add(str(e["experiment_id"]))
         return out

@@ -259,3 +259,33 @@ def test_full_resync_every_poll_when_configured(mlflow_server: str, tmp_path: Pa
         )
     finally:
         exp_.stop()
+
+
+def test_fleetmons_own_evaluation_runs_are_not_read(mlflow_server: str, tmp_path: Path) -> None:
+    """`fleetmon evaluations` logs its runs (no fleet tags) to evaluations.experiment: they are not the
+    platform's training runs, so they must not show up as unmapped runs."""
+    cfg, _, _ = unique_fleet(tmp_path, mlflow_server, full_resync_seconds=0)
+    evaluations = f"fleetmon-evals-{uuid.uuid4().hex[:8]}"
+    cfg = cfg.model_copy(
+        update={"evaluations": cfg.evaluations.model_copy(update={"experiment": evaluations})}
+    )
+    c = MlflowClient(mlflow_server)
+    coll = MlflowCollector(cfg)
+    exporter = Exporter("mlflow", {"mlflow": coll})
+
+    def missing_tags() -> float:
+        coll.poll()
+        return (
+            ScrapeView(exporter).get_sample_value("fleetmon_mlflow_unmapped_runs", {"reason": "missing_tags"})
+            or 0.0
+        )
+
+    try:
+        before = missing_tags()
+        own = c.create_experiment(evaluations)
+        other = c.create_experiment(f"{evaluations}-not-ours")
+        for exp in (own, own, other):
+            c.create_run(exp, tags={"fleetmon.evaluation.model_version": "x/1"})
+        assert missing_tags() == before + 1
+    finally:
+        coll.close()
