@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 FLEETMON := $(PY) -m fleetmon.cli
 # Another config file: make up FLEETMON_CONFIG=path/to/fleetmon.yml (make passes it to the commands)
 
-.PHONY: install deps system-deps test test-unit test-e2e lint help up down status logs restart check-config
+.PHONY: install deps system-deps test test-unit test-e2e test-scale lint help up down status logs restart check-config
 
 help:
 	@echo "make up      start the stack on the demo fleet (installs what is missing)"
@@ -19,6 +19,7 @@ help:
 	@echo "make logs    the last lines of every component's log (var/log/)"
 	@echo "make test    run the whole test suite (unit and end-to-end)"
 	@echo "make test-unit / make test-e2e   only the fast tests / only the end-to-end tests"
+	@echo "make test-scale   the scale mode: shards, VictoriaMetrics, vmalert, two Alertmanagers (docs/scale.md)"
 	@echo "make lint    ruff + mypy"
 
 # The virtualenv is brought up to date when pyproject.toml or constraints.txt changes. Every dependency is
@@ -48,17 +49,22 @@ test: deps
 	@mkdir -p var/log
 	@$(PY) -m pytest -q -m demo_stack -p no:cacheprovider > var/log/test-demo-stack.log 2>&1 & stack=$$!; \
 	trap 'kill $$stack 2>/dev/null' INT TERM; \
-	echo "$(PY) -m pytest -q -m 'not demo_stack'   (and -m demo_stack beside it, pid $$stack)"; \
-	$(PY) -m pytest -q -m "not demo_stack"; rest=$$?; \
+	echo "$(PY) -m pytest -q -m 'not demo_stack and not scale'   (and -m demo_stack beside it, pid $$stack)"; \
+	$(PY) -m pytest -q -m "not demo_stack and not scale"; rest=$$?; \
 	wait $$stack; on_stack=$$?; \
 	echo "--- the tests on the demo stack (var/log/test-demo-stack.log):"; cat var/log/test-demo-stack.log; \
 	exit $$(( rest || on_stack ))
 
 test-unit: deps
-	$(PY) -m pytest -q -m "not e2e"
+	$(PY) -m pytest -q -m "not e2e and not scale"
 
 test-e2e: deps
-	$(PY) -m pytest -q -m e2e
+	$(PY) -m pytest -q -m "e2e and not scale"
+
+# The scale mode (stack.scale): sharded rollups against unsharded ones on real VictoriaMetrics and vmalert,
+# and a whole two-shard stack. About 3 minutes; not part of `make test`.
+test-scale: deps
+	$(PY) -m pytest -q -m scale
 
 # The native stack: every component in the background, pid files in var/run, logs in var/log.
 up: deps

@@ -617,6 +617,29 @@ class GrafanaConfig(_Model):
     anonymous_viewer: bool = False
 
 
+class ScaleConfig(_Model):
+    """``stack.scale``: the native stack spread over exporter shards with one central store
+    (fleetmon/scale.py, docs/scale.md)."""
+
+    # 0: off (one set of exporters, one Prometheus). N >= 1: N shards of the three exporters, a Prometheus
+    # agent per shard remote-writing to VictoriaMetrics, vmalert evaluating prometheus/rules/*.yml on it, and
+    # two clustered Alertmanagers.
+    shards: int = Field(default=0, ge=0, le=50)
+    victoria_metrics_port: int = Field(default=8428, ge=1, le=65535)
+    vmalert_port: int = Field(default=8880, ge=1, le=65535)
+    # The second Alertmanager's web port, and the two peers' gossip ports.
+    alertmanager_peer_port: int = Field(default=9193, ge=1, le=65535)
+    alertmanager_cluster_ports: tuple[int, int] = (9094, 9194)
+    # Shard i's mlflow, outputs and platform exporters listen on port_base + 10 i + 1, 2, 3, its Prometheus
+    # agent on port_base + 10 i + 9.
+    port_base: int = Field(default=9800, ge=1, le=65000)
+    # How long VictoriaMetrics keeps samples (its -retentionPeriod: 30d, 12w, 1y, ...).
+    retention: str = Field(default="30d", pattern=r"^[0-9]+[hdwy]?$")
+    # Scrape and rule evaluation intervals (Prometheus durations, e.g. 15s); None: prometheus/prometheus.yml's.
+    scrape_interval: str | None = Field(default=None, pattern=r"^[0-9]+(ms|s|m|h)$")
+    evaluation_interval: str | None = Field(default=None, pattern=r"^[0-9]+(ms|s|m|h)$")
+
+
 class StackConfig(_Model):
     # `fleetmon stack`: pid files in state_dir, logs in log_dir, each component's data under data_dir.
     state_dir: Path = Path("var/run")
@@ -638,6 +661,14 @@ class StackConfig(_Model):
     webhook_port: int = 9704
     # The webhook receiver's web config (TLS, basic auth); `fleetmon webhook --web.config.file` wins.
     webhook_web_config_file: Path | None = None
+    # Scale mode: exporter shards and a central store (0 shards: off).
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
+
+    @model_validator(mode="after")
+    def _scale_plain(self) -> StackConfig:
+        if self.scale.shards and self.secure:
+            raise ValueError("scale.shards: the scale mode runs without TLS for now; set secure: false")
+        return self
 
 
 # ------------------------------------------------------------------------------------------ scoring

@@ -58,7 +58,7 @@ from urllib.parse import urlsplit
 import psutil
 import yaml
 
-from fleetmon import pki
+from fleetmon import pki, scale
 from fleetmon.config import Config, ConfigError, default_config_path, load_config
 from fleetmon.procs import MLFLOW_ENV, mlflow_server_argv, port_open, spawn, stop_group, wait_for_http
 
@@ -479,6 +479,8 @@ def plan(cfg: Config, paths: Paths) -> list[Component]:
             )
         )
     out.append(grafana_component(cfg, paths, sec))
+    if st.scale.shards:
+        return scale.scaled(cfg, data, conf, out, PROMETHEUS_YML)
     return out
 
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Install Prometheus, Alertmanager and Pushgateway, and PostgreSQL's server binaries (the tests of the outputs'
-# SQL source run a throw-away server: tests/postgres.py), from the distribution when they are missing.
+# Install Prometheus, Alertmanager and Pushgateway, VictoriaMetrics (the scale mode: docs/scale.md), and
+# PostgreSQL's server binaries (the tests of the outputs' SQL source run a throw-away server:
+# tests/postgres.py), from the distribution when they are missing.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+# The scale mode's central store and rule evaluator (stack.scale, docs/scale.md).
+command -v victoria-metrics >/dev/null || need+=(victoria-metrics)
+command -v vmalert >/dev/null || need+=(victoria-metrics)
 # Debian keeps initdb/pg_ctl in /usr/lib/postgresql/<version>/bin, not on PATH.
 if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null; then
   need+=(postgresql)
@@ -37,6 +41,6 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Debian's packages try to start services; we run our own processes, so stop any that started.
-for svc in prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter postgresql; do
+for svc in prometheus prometheus-alertmanager prometheus-pushgateway prometheus-node-exporter postgresql victoria-metrics; do
   if command -v service >/dev/null; then service "$svc" stop >/dev/null 2>&1 || true; fi
 done
