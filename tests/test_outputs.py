@@ -272,7 +272,7 @@ def test_all_formats_joined_to_late_actuals_give_hand_computed_quality(
         # one of the three 24h rows has temp missing; occ never
         assert m("fleetmon_model_feature_missing_ratio", window="24h", feature="temp") == pytest.approx(1 / 3)
         assert m("fleetmon_model_feature_missing_ratio", window="7d", feature="temp") == pytest.approx(1 / 4)
-        assert m("fleetmon_model_feature_missing_ratio", window="24h", feature="occ") == 0.0
+        assert m("fleetmon_model_feature_missing_ratio", window="24h", feature="occ") is None  # none missing
         # newest actual is for -1h (value 0), and the prediction for that hour was 8
         assert m("fleetmon_model_latest_actual_joules") == 0.0
         assert m("fleetmon_model_latest_actual_target_timestamp_seconds") == NOW - H

@@ -332,7 +332,7 @@ def build() -> dashboard.Dashboard:
             [q(m("fleetmon_model_feature_missing_ratio", s, window=SHORT_WINDOW), "{{feature}}")],
             w=8,
             unit="percentunit",
-            description=f"share of the {SHORT_WINDOW} rows whose feature is null / NaN",
+            description=f"share of the {SHORT_WINDOW} rows whose feature is null / NaN; no data: none missing",
         )
     )
     d = d.with_panel(
