@@ -600,10 +600,20 @@ class OutputsCollector:
         # restored from the state file may be a generation behind (see fleetmon.outputs.state) until the
         # first poll has read again what was read since.
         self._rendered = render_families([*self._static, state_family(self.pipeline)])
+        self._refreshed_at: float | None = None  # pipeline clock of the last quality computation
 
     def poll(self) -> None:
         p = self.pipeline
+        generation = p.generation
         p.ingest()
+        now = p.clock()
+        if (
+            p.generation == generation
+            and self._refreshed_at is not None
+            and now - self._refreshed_at < self.cfg.outputs.refresh_seconds
+        ):
+            return  # nothing new: the series of the last computation stand (a no-change poll costs a glob)
+        self._refreshed_at = now
         q = p.refresh_quality()
         versions = versions_families(p, p.versions) if p.versions is not None else []
         self._rendered = render_families(

@@ -432,6 +432,9 @@ class OutputsConfig(_Model):
     # The expected input features of every model; a missing or new column is a schema change.
     features: list[str] = Field(default_factory=list)
     poll_interval_seconds: float = Field(default=15, gt=0)
+    # A poll that read nothing new recomputes quality and versions (their windows slide with time) and
+    # renders again only when the last computation is this old; one with new rows always does.
+    refresh_seconds: float = Field(default=60, ge=0)
     # Quality windows over matured predictions, name -> seconds (names become the ``window`` label).
     windows: dict[str, float] = Field(default_factory=lambda: {"24h": 86400.0, "7d": 7 * 86400.0})
     # How long predictions are kept in memory (must cover the longest window and drift windows).

@@ -867,3 +867,29 @@ def test_exposition_passes_promtool_and_building_metadata(tmp_path: Path, harnes
     assert promtool, "promtool is required (scripts/install-system-deps.sh)"
     res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert res.returncode == 0, res.stdout.decode() + res.stderr.decode()
+
+
+def test_a_poll_with_nothing_new_recomputes_nothing_until_refresh_seconds(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, refresh_seconds=60)
+    clock = [NOW]
+    coll = OutputsCollector(cfg)
+    coll.pipeline.clock = lambda: clock[0]
+    computed = []
+    refresh = coll.pipeline.refresh_quality
+    coll.pipeline.refresh_quality = lambda: computed.append(clock[0]) or refresh()  # type: ignore[method-assign]
+    write_jsonl(tmp_path / "pred" / "a.jsonl", [pred("b1", "heating", "forecast", NOW - H, prediction=5.0)])
+    coll.poll()
+    first = coll.prerendered()
+    clock[0] += 30
+    coll.poll()  # nothing new, 30 s later: the same bytes, nothing computed
+    assert computed == [NOW] and coll.prerendered() is first
+    write_jsonl(tmp_path / "pred" / "b.jsonl", [pred("b2", "heating", "forecast", NOW - H, prediction=6.0)])
+    coll.poll()  # a new file: computed and rendered at once
+    assert computed == [NOW, NOW + 30] and coll.prerendered() is not first
+    clock[0] += 61
+    coll.poll()  # nothing new, but the windows have slid for longer than refresh_seconds
+    assert computed == [NOW, NOW + 30, NOW + 91]
+    (tmp_path / "pred" / "c.jsonl").write_text("{not json\n")
+    clock[0] += 1
+    coll.poll()  # a rejected row is news too
+    assert len(computed) == 4

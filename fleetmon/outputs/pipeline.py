@@ -117,6 +117,9 @@ class OutputsPipeline:
         # SQL sources read successfully since the start (until then a read is the whole query: a rebuild).
         self._sql_synced: set[str] = set()
         self._rebuilt = False
+        # Goes up whenever a poll reads anything (rows, rejections, other shards' rows) or a source's health
+        # changes: a poll that leaves it unchanged changed nothing the quality depends on.
+        self.generation = 0
         self.quality: Quality | None = None
         self.versions: Versions | None = None  # None: outputs.versions.enabled is false
         if not readonly:
@@ -126,6 +129,7 @@ class OutputsPipeline:
     def ingest(self) -> None:
         now = self.clock()
         first = not self._rebuilt
+        health = self._health()
         for name, kind, src in self.sources:
             try:
                 if isinstance(src, FileSource):
@@ -146,6 +150,8 @@ class OutputsPipeline:
                 self.source_errors[name] += 1
                 log.error("outputs source %s failed: %s: %s", name, type(e).__name__, e)
         self._rebuilt = True
+        if self._health() != health:
+            self.generation += 1
         if self.readonly:
             return
         self.state.set_counters(self.counters())
@@ -153,6 +159,16 @@ class OutputsPipeline:
             self.state.save()
         except OSError as e:
             log.error("cannot save outputs state to %s: %s", self.state.path, e)
+
+    def _health(self) -> tuple[Any, ...]:
+        """The sources' health and error counts: a change is news even when no row was read."""
+        return (
+            tuple(self.source_up.values()),
+            tuple(self.source_errors.values()),
+            tuple(self.files_read.values()),
+            self.quarantine.write_errors,
+            tuple(self.state.errors.values()),
+        )
 
     # ---------------------------------------------------------------------------- counters
     def counters(self) -> dict[str, Any]:
@@ -394,6 +410,8 @@ class OutputsPipeline:
             return
         self.rows_read[batch.source] += len(batch.frame) + len(batch.rejected)
         self.rows_other_shard[batch.source] += other_shard
+        if len(batch.frame) or batch.rejected or other_shard:
+            self.generation += 1
         rejected = [*v.rejected, *dups]
         for r in rejected:
             lab = r.labels
