@@ -51,6 +51,15 @@ def series(exporter: Exporter) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     }
 
 
+def polled(name: str, collector: Any, shard: Shard) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One poll of the collector, then its exporter's series; the collector closed."""
+    try:
+        collector.poll()
+        return series(Exporter(name, {name: collector}, shard))
+    finally:
+        collector.close()
+
+
 def per_building(samples: dict[Any, float]) -> dict[Any, float]:
     return {k: v for k, v in samples.items() if any(label == "building" for label, _ in k[1])}
 
@@ -231,12 +240,7 @@ def test_sharded_mlflow_reads_only_its_buildings(mlflow_server: str, tmp_path: P
                 },
             }
         )
-        coll = MlflowCollector(shard_cfg)
-        try:
-            coll.poll()
-            return series(Exporter("mlflow", {"mlflow": coll}, shard))
-        finally:
-            coll.close()
+        return polled("mlflow", MlflowCollector(shard_cfg), shard)
 
     want = scrape(Shard(), "whole")
     got = [scrape(s, f"shard{s.index}") for s in SHARDS]
@@ -292,12 +296,7 @@ def test_logs_sharded_by_app(tmp_path: Path) -> None:
                 },
             }
         )
-        coll = LogsCollector(cfg)
-        try:
-            coll.poll()
-            return series(Exporter("platform", {"logs": coll}, shard))
-        finally:
-            coll.close()
+        return polled("logs", LogsCollector(cfg), shard)
 
     want = scrape(Shard(), "whole")
     got = [scrape(s, f"shard{s.index}") for s in SHARDS]
