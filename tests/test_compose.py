@@ -335,6 +335,22 @@ def test_the_secure_override_runs_every_server_on_the_secure_files(
     for glob in am["templates"]:
         assert list(host(services["alertmanager"], os.path.dirname(glob)).glob(os.path.basename(glob))), glob
 
+    # Whatever pushes to the Pushgateway (the jobs, the demo's simulated training) pushes over https as the
+    # `fleetmon` user, trusting the mounted CA.
+    pushers = [
+        n
+        for n, svc in services.items()
+        if {"FLEETMON_PUSHGATEWAY", "FLEETMON__DEMO__PUSHGATEWAY_URL"} & set(svc.get("environment") or {})
+    ]
+    assert "simulator" in pushers and "scoring" in pushers
+    for name in pushers:
+        env = services[name]["environment"]
+        url = env.get("FLEETMON_PUSHGATEWAY") or env["FLEETMON__DEMO__PUSHGATEWAY_URL"]
+        assert urlsplit(url).scheme == "https", name
+        assert env["FLEETMON_PUSHGATEWAY_USERNAME"] == "fleetmon", name
+        assert host(services[name], env["FLEETMON_PUSHGATEWAY_CA_FILE"]).is_file(), name
+        assert host(services[name], env["FLEETMON_PUSHGATEWAY_PASSWORD_FILE"]).is_file(), name
+
     # Grafana over https with secure cookies; its datasources with the CA and the grafana user's password,
     # by reference ($__file{}), from mounted files.
     g = services["grafana"]
