@@ -893,3 +893,39 @@ def test_a_poll_with_nothing_new_recomputes_nothing_until_refresh_seconds(tmp_pa
     clock[0] += 1
     coll.poll()  # a rejected row is news too
     assert len(computed) == 4
+
+
+def test_a_far_future_sql_row_does_not_hide_the_rows_after_it(tmp_path: Path) -> None:
+    """A row whose time column lies beyond now + max_future_skew_seconds is rejected; it must not become the
+    watermark, or every row written after it would be below it and never read."""
+    db = tmp_path / "outputs.db"
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(
+            "CREATE TABLE predictions (customer TEXT, building TEXT, energy TEXT, model TEXT, made_at TEXT,"
+            " target_time TEXT, prediction REAL, anomaly_score REAL, anomaly_flag INTEGER, features TEXT)"
+        )
+        recs = sorted(forecaster_records("b1", "electricity"), key=lambda r: r["made_at"])
+        future = {**recs[0], "made_at": "2099-01-01T00:00:00Z", "target_time": "2099-01-01T01:00:00Z"}
+        sql_rows(conn, [recs[0], future])
+        cfg = make_cfg(
+            tmp_path,
+            predictions=[],
+            actuals=[],
+            sql=[{"name": "db", "url": f"sqlite:///{db}", "query": "SELECT * FROM predictions"}],
+        )
+        h = Harness(cfg)
+        h.poll()
+        m = lambda name, **kw: h.model(name, "b1", "electricity", "forecast", **kw)  # noqa: E731
+        assert m("fleetmon_model_predictions_total") == 1
+        rejected = dict(reason="future_timestamp", kind="predictions", customer="c1", building="b1")
+        rejected |= dict(energy="electricity", model="forecast")
+        assert h.get("fleetmon_outputs_rows_rejected_total", **rejected) == 1
+        sql_rows(conn, recs[1:])
+        h.poll()
+        h.poll()
+        assert m("fleetmon_model_predictions_total") == len(recs)  # every later row read
+        assert h.get("fleetmon_outputs_rows_rejected_total", **rejected) == 1  # the bad row once
+        h.close()
+    finally:
+        conn.close()

@@ -55,7 +55,16 @@ import pandas as pd
 from fleetmon.config import Config, FileSource, SqlSource
 from fleetmon.outputs.quality import Quality, compute
 from fleetmon.outputs.quarantine import Quarantine
-from fleetmon.outputs.records import READERS, Batch, FleetIndex, Kind, RowOwner, table_batch, validate
+from fleetmon.outputs.records import (
+    READERS,
+    Batch,
+    FleetIndex,
+    Kind,
+    RowOwner,
+    parse_time,
+    table_batch,
+    validate,
+)
 from fleetmon.outputs.state import ReadState, SqlMark
 from fleetmon.outputs.store import OutputStore
 from fleetmon.outputs.versions import Versions
@@ -385,7 +394,10 @@ class OutputsPipeline:
         full = mark is None or name not in self._sql_synced
         columns, rows = self._query(name, src, None if full or mark is None else mark.since)
         try:
-            count, rebuild, new_mark, late = _sort_rows(src, mark, full, columns, rows, self.state.path)
+            horizon = now + self.cfg.max_future_skew_seconds
+            count, rebuild, new_mark, late = _sort_rows(
+                src, mark, full, columns, rows, self.state.path, horizon
+            )
         except (KeyError, TypeError, ValueError, ArithmeticError) as e:
             raise _SqlFailed("result", f"unusable query result: {e}") from None
         origin = f"sql:{name}"
@@ -483,10 +495,13 @@ def _sort_rows(
     columns: list[str],
     rows: list[tuple[Any, ...]],
     state_path: Path,
+    horizon: float = math.inf,
 ) -> tuple[list[int], list[int], SqlMark | None, int]:
     """Which rows to count (new), which to put back into the window uncounted (read before a restart), the
     next mark and how many of the new rows are late (not newer than the watermark they were read after).
-    Rows of an incremental read that were read before are in neither list."""
+    Rows of an incremental read that were read before are in neither list. A time later than ``horizon``
+    (now + max_future_skew_seconds: such rows are rejected) never becomes the watermark: one bad row must
+    not hide every row written after it; it stays above the next lower bound and is known by its print."""
     col = src.time_column
     if col not in columns:
         raise KeyError(f"no time column {col!r} (columns: {', '.join(columns)})")
@@ -524,7 +539,7 @@ def _sort_rows(
                     f"source's entry under 'sql' to read it afresh): {e}"
                 ) from None
         count.append(i)
-    present = [t for t in times if t is not None]
+    present = [t for t in times if t is not None and not parse_time(t) > horizon]
     try:
         top = max(present) if present else None
         watermark = mark.watermark if mark is not None else None

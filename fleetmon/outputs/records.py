@@ -313,7 +313,7 @@ class RowOwner:
 _TS_CACHE: dict[str, float] = {}
 
 
-def _parse_ts(v: Any) -> float:
+def parse_time(v: Any) -> float:
     """RFC 3339 / ISO 8601 time -> Unix seconds (naive = UTC); NaN if not a time."""
     if v is pd.NaT:  # a null of a time column; NaT is a datetime (and no Timestamp) without a timestamp()
         return math.nan
@@ -360,7 +360,7 @@ def _times(s: pd.Series) -> np.ndarray:
         out = ts.astype("int64").to_numpy(dtype=np.float64) / 1e9
         out[ts.isna().to_numpy()] = np.nan
         return out
-    return np.fromiter((_parse_ts(v) for v in s), dtype=np.float64, count=len(s))
+    return np.fromiter((parse_time(v) for v in s), dtype=np.float64, count=len(s))
 
 
 _BOOL = {"true": 1.0, "false": 0.0, "True": 1.0, "False": 0.0}
