@@ -67,7 +67,11 @@ REASONS = (
     "bad_status",
     "bad_field",
     "corrupt_stored_line",
+    "timeout",
 )
+# A client that declares a body and does not send it in this long is hung up on (reason "timeout"): a
+# connection that never finishes must not hold a server thread forever.
+REQUEST_TIMEOUT_SECONDS = 30.0
 REQUIRED_FIELDS = ("version", "status", "receiver", "alerts")
 # Webhook payload version 4 (Alertmanager's template.Data): what each field is when present. Label sets and
 # annotations are objects of strings, times RFC 3339 (Go's time.Time, e.g. 2026-11-22T10:01:00.123456789Z).
@@ -294,8 +298,10 @@ class Receiver:
         port: int = 9704,
         web: WebServing | None = None,
         actions: Actions | None = None,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
         self.store = Store(data_dir)
+        self.request_timeout = request_timeout
         self.actions = actions
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_MetricsCollector(self.store))
@@ -345,6 +351,7 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "fleetmon-webhook"
+        timeout = receiver.request_timeout  # socket timeout of every read (StreamRequestHandler.setup)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
@@ -378,7 +385,14 @@ def _make_handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 self._json(400, {"error": "too_large"})
                 return
-            body = self.rfile.read(length)
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                store.reject(
+                    "timeout", f"Content-Length {length}, body not sent within {self.timeout:g} s", b""
+                )
+                self.close_connection = True
+                return
             try:
                 payload = json.loads(body)
             except (ValueError, RecursionError) as e:  # nested too deep for the decoder: bad JSON too

@@ -240,3 +240,20 @@ def test_real_alertmanager_delivers_to_the_cli_receiver(tmp_path: Path) -> None:
     assert hook.returncode == 0  # SIGTERM is a clean stop
     stored = (tmp_path / "data" / "webhook" / "notifications.jsonl").read_text().splitlines()
     assert json.loads(stored[0])["alerts"][0]["labels"]["model"] == "forecast"
+
+
+def test_a_body_that_never_arrives_is_hung_up_on_and_counted(tmp_path: Path) -> None:
+    """A declared Content-Length whose body never comes must not hold a server thread forever."""
+    import socket
+
+    with Receiver(tmp_path, port=0, request_timeout=0.5).start() as r:
+        with socket.create_connection(("127.0.0.1", r.port), timeout=10) as s:
+            s.sendall(b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+            s.sendall(b'Content-Length: 1000\r\n\r\n{"version"')
+            start = time.monotonic()
+            assert s.recv(1024) == b""  # hung up on
+            assert time.monotonic() - start < 5
+        base = f"http://127.0.0.1:{r.port}"
+        assert post(base + "/alerts", json.dumps(am_payload()).encode()) == (200, {"status": "stored"})
+        _, text = get(base + "/metrics")
+        assert 'fleetmon_webhook_rejected_total{reason="timeout"} 1.0' in text
