@@ -55,6 +55,7 @@ GPU_METRICS = re.compile(r"^fleetmon_gpu_(?!available$)\w+$")
 ABSENT_WHEN_HEALTHY = {
     "fleetmon_drift_column_computable": "exported only for columns whose drift cannot be computed",
     "fleetmon_outputs_rows_rejected_total": "exported once a row has been rejected",
+    "fleetmon_model_feature_missing_ratio": "exported only where feature values are missing (series budget)",
 }
 
 
