@@ -66,7 +66,9 @@ Lineage = tuple[str, str, str, str]
 NO_LINEAGE: Lineage = ("", "", "", "")
 
 RUN_STATUSES = ("running", "finished", "failed", "killed")  # always exported (0 when none)
-RUN_UNMAPPED_REASONS = ("missing_tags", "unknown_fleet_key", "malformed")
+# wrong_experiment: sharded with mlflow.experiment_pattern, a run in one building's experiment tagged for a
+# building of another shard (which never reads that experiment)
+RUN_UNMAPPED_REASONS = ("missing_tags", "unknown_fleet_key", "malformed", "wrong_experiment")
 MODEL_UNMAPPED_REASONS = ("no_fleet_mapping", "unknown_fleet_key", "duplicate_fleet_key", "malformed")
 ACTIVE_RUN_STATUSES = frozenset({"running", "scheduled"})
 RUN_ID_BATCH = 100
@@ -150,6 +152,9 @@ class MlflowCollector:
             for k in cfg.fleet.models()
         }
         self.experiment_re = _pattern_re(m.experiment_pattern)
+        # Experiments of this shard's buildings (by experiment_pattern): only this shard reads them, so it
+        # answers for every run in them.
+        self._building_experiments: set[str] = set()
         self.duration_keys = dict(m.duration_metric_keys)  # kind -> metric key
         self.training_data_tag = m.training_data_tag
         self.wanted_metrics = set(m.metric_keys) | set(self.duration_keys.values())
@@ -316,8 +321,11 @@ class MlflowCollector:
             if "experiment_id" not in e or name == self.cfg.evaluations.experiment:
                 continue
             match = self.experiment_re.fullmatch(name) if self.experiment_re else None
-            if match is None or self.shard.owns(match["customer"], match["building"]):
+            if match is None:
                 out.add(str(e["experiment_id"]))
+            elif self.shard.owns(match["customer"], match["building"]):
+                out.add(str(e["experiment_id"]))
+                self._building_experiments.add(str(e["experiment_id"]))
         return out
 
     def _fetch_registered_models(self) -> list[dict[str, Any]]:
@@ -347,7 +355,7 @@ class MlflowCollector:
             rec = self._parse_run(raw)
         except _Malformed as e:
             rid = _run_id(raw) or f"unknown-{hashlib.sha256(repr(raw).encode()).hexdigest()[:12]}"
-            if not self.shard.owns(None, None):
+            if not self.shard.owns(None, None) and not self._in_building_experiment(raw):
                 return self._drop_run(rid)  # a malformed run names no building: shard 0's
             rec = RunRec(rid, None, "malformed", "unknown", None, None, {}, "", "")
             quarantine.append({"kind": "run", "id": rid, "reason": "malformed", "detail": str(e)})
@@ -361,6 +369,12 @@ class MlflowCollector:
         elif rec.reason != "malformed":
             quarantine.append({"kind": "run", "id": rec.run_id, "reason": rec.reason, "detail": ""})
         return dirty
+
+    def _in_building_experiment(self, raw: Any) -> bool:
+        """Whether the run is in an experiment of this shard's buildings (only this shard reads those)."""
+        info = raw.get("info") if isinstance(raw, dict) else None
+        exp = info.get("experiment_id") if isinstance(info, dict) else None
+        return self.shard.count > 1 and str(exp) in self._building_experiments
 
     def _drop_run(self, run_id: str) -> set[Key]:
         old = self._runs.pop(run_id, None)
@@ -393,7 +407,10 @@ class MlflowCollector:
         values = [tags.get(self.m.tag_keys[label]) for label in FLEET_LABELS]
         key: Key | None = None
         reason: str | None = None
-        if not self.shard.owns(values[0], values[1]):
+        ours = self._in_building_experiment(raw)
+        if ours and all(values[:2]) and not self.shard.owns(values[0], values[1]):
+            reason = "wrong_experiment"  # the building's shard never reads this experiment
+        elif not ours and not self.shard.owns(values[0], values[1]):
             reason = "other_shard"  # or, without both ids, shard 0's to report
         elif any(v is None or v == "" for v in values):
             reason = "missing_tags"

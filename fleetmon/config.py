@@ -292,10 +292,12 @@ class MlflowConfig(_Model):
     )
     # ... or, for registered models without tags, a name pattern.
     registered_model_pattern: str = "{customer}.{building}.{energy}.{model}"
-    # Experiments named by this pattern hold one building's runs: a shard (`shard`) does not read those of
-    # buildings other shards own. Experiments named otherwise are read by every shard, which keeps the runs
-    # whose tags name its buildings. "": read every experiment.
-    experiment_pattern: str = "{customer}/{building}"
+    # When experiments hold one building's runs each, name them by this pattern (e.g. "{customer}/{building}")
+    # and a shard (`shard`) does not read those of buildings other shards own; it answers for every run in
+    # the ones it reads (one tagged for another shard's building is unmapped: wrong_experiment). Experiments
+    # named otherwise are read by every shard, each keeping the runs its buildings' tags name. "" (default):
+    # every shard reads every experiment.
+    experiment_pattern: str = ""
     # Which logged run metrics are exported as model quality.
     metric_keys: list[str] = Field(default_factory=lambda: ["mae", "rmse", "mape"])
     # Logged run metrics holding durations, by kind (label ``kind``).
@@ -788,7 +790,6 @@ class Config(_Model):
     shard: Shard = Field(default_factory=Shard)
     # The file it was read from (None when built in code).
     source: Path | None = Field(default=None, exclude=True)
-
 
     @field_validator("shard", mode="before")
     @classmethod
