@@ -71,7 +71,7 @@ MAX_CONTEXT = 256  # streams with a traceback in progress kept per file (the old
 # ``tail_duration``, only when the line does not end with the user agent's quote (the common case costs
 # nothing more than the match).
 ACCESS_RE = re.compile(
-    r'(\S+) \S+ \S+ \[([^\]]+)\] "(?:([A-Za-z]+) (\S+)(?: [^"]*)?|[^"]*)" (\d{3}) (?:\d+|-)'
+    r'\S+ \S+ \S+ \[([^\]]+)\] "(?:([A-Za-z]+) (\S+)(?: [^"]*)?|[^"]*)" (\d{3}) (?:\d+|-)'
 )
 # Uvicorn's access lines: ``INFO:     10.0.4.7:51234 - "GET /x HTTP/1.1" 200 OK`` (its AccessFormatter), or
 # without the level prefix and the reason phrase through gunicorn's UvicornWorker (``%(message)s``:
@@ -177,6 +177,8 @@ TIME_KEYS = ("time", "timestamp", "@timestamp", "ts", "time_iso8601", "time_loca
 # keys tells faster than looking each name up in turn.
 _STATUS_KEYSET = frozenset(STATUS_KEYS)
 _DURATION_KEYSET = frozenset(k for k, _ in DURATION_KEYS)
+_DURATION_NAMES = tuple(k for k, _ in DURATION_KEYS)
+_DURATION_FACTORS = dict(DURATION_KEYS)
 _ERROR_DETAIL_KEYSET = frozenset((*TYPE_KEYS, "error", "exception", "err", *TRACE_KEYS))
 
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -187,9 +189,13 @@ _DIGIT_RE = re.compile(r"\d")
 # segment -> what it becomes: most segments (api, v1, buildings, c01-b003) recur across paths that differ
 # in one id, so only the new segment of a path not seen before costs a regex
 _segment_cache: dict[str, str] = {}
+_prefix_cache: dict[str, str] = {}  # what precedes a path's last segment -> its template
 _MONTHS = {m: i for i, m in enumerate(calendar.month_abbr) if m}
 _GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _decode_json = msgspec.json.Decoder().decode
+# isinstance() with a tuple: `int | float` in a function builds a new union object at every call
+_NUMBER = (int, float)
+_STR_OR_INT = (str, int)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -197,22 +203,35 @@ def normalize_route(path: str) -> str:
     """A route template: query dropped, ids / uuids / hashes / numbers replaced (``/runs/{id}``)."""
     if "://" in path:  # absolute-form request target (proxies)
         path = "/" + path.split("://", 1)[1].partition("/")[2]
-    path = path.split("?", 1)[0].split("#", 1)[0]
+    if "?" in path or "#" in path:  # most paths have neither: no split, no new string
+        path = path.split("?", 1)[0].split("#", 1)[0]
     if not path.startswith("/"):
         return OTHER  # "*", garbage
-    segs = path.split("/")
-    cache = _segment_cache
-    for i, s in enumerate(segs):
-        t = cache.get(s)
-        if t is None:
-            t = _segment(s)
-            if len(s) <= 64:  # ids, hashes; not a megabyte of garbage
-                if len(cache) >= 10_000:
-                    cache.clear()
-                cache[s] = t
-        segs[i] = t
-    route = "/".join(segs)
+    # Paths that differ only in their last segment (/jobs/<uuid>) share the template of what precedes it.
+    head, _, last = path.rpartition("/")
+    prefix = _prefix_cache.get(head)
+    if prefix is None:
+        cache = _segment_cache
+        prefix = "/".join([t if (t := cache.get(s)) is not None else _new_segment(s) for s in head.split("/")])
+        if len(head) <= 256:
+            if len(_prefix_cache) >= 10_000:
+                _prefix_cache.clear()
+            _prefix_cache[head] = prefix
+    t = _segment_cache.get(last)
+    route = prefix + "/" + (t if t is not None else _new_segment(last))
     return route if len(route) <= MAX_ROUTE_LEN else route[:MAX_ROUTE_LEN] + "..."
+
+
+def _new_segment(s: str) -> str:
+    """``_segment`` of a segment not in the cache, cached if it may recur."""
+    t = _segment(s)
+    # hashes and uuids seldom recur (a path with one is cached whole by the classifier): kept out so they do
+    # not crowd out the segments that do (api, v1, c01-b003); nor a megabyte of garbage
+    if len(s) <= 64 and t != "{hash}" and t != "{uuid}":
+        if len(_segment_cache) >= 10_000:
+            _segment_cache.clear()
+        _segment_cache[s] = t
+    return t
 
 
 def _segment(s: str) -> str:
@@ -221,6 +240,8 @@ def _segment(s: str) -> str:
     The four shapes cannot overlap, so each is tested only where it can match (a regex call costs more than
     these guards): a uuid has 36 characters, a number with a separator has one, a version starts with v, a hash
     (7 or more hex digits of one case, with a digit and a letter) is hex but not all digits."""
+    if len(s) >= 7 and _HEX_RE.fullmatch(s) and not s.isalpha() and not s.isdecimal():
+        return "{hash}"  # tested first: new segments are mostly ids, and a hash can be nothing else below
     if not s or (len(s) <= 40 and not _DIGIT_RE.search(s)):
         return s  # plain words stay
     if s.isdecimal():  # what \d+ matches
@@ -231,8 +252,6 @@ def _segment(s: str) -> str:
         return "{num}"
     if s[0] in "vV" and _VERSION_RE.fullmatch(s):
         return s  # /v1/, /v2.1/
-    if len(s) >= 7 and not s.isalpha() and _HEX_RE.fullmatch(s):  # not all letters: it has a digit
-        return "{hash}"
     return "{id}"  # anything else with a digit (c01-b003, run-17, 2026-11-22) or very long
 
 
@@ -275,7 +294,7 @@ def record_time(v: Any) -> float | None:
             v = float(v)  # nginx $msec, epochs written as text
         except ValueError:
             return iso_time(v)
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+    if isinstance(v, bool) or not isinstance(v, _NUMBER) or not math.isfinite(v) or v <= 0:
         return None
     while v > 1e11:  # ms (pino), µs, ns since the epoch
         v /= 1000.0
@@ -304,16 +323,17 @@ def exception_name(text: str) -> str | None:
     """The leftmost exception class named in ``text`` (see ``EXC_WORD_RE``), or None."""
     start, end = -1, -1
     # EXC_WORD_RE backtracks at every capitalised word: substring tests first rule most messages out
-    for m in EXC_WORD_RE.finditer(text) if _has_exception_suffix(text) else ():
+    m = EXC_WORD_RE.search(text) if _has_exception_suffix(text) else None
+    while m is not None:  # (a search loop: the first match is most often the one, no finditer to set up)
         i = m.start()
         if i and _word_char(text[i - 1]):
-            continue  # inside a word ("fooKeyError")
-        if i and text[i - 1] == ".":
+            i = -1  # inside a word ("fooKeyError")
+        elif i and text[i - 1] == ".":
             i = _dotted_start(text, i, False)
-            if i < 0:
-                continue
-        start, end = i, m.end()
-        break
+        if i >= 0:
+            start, end = i, m.end()
+            break
+        m = EXC_WORD_RE.search(text, m.end())
     if "." in text:
         d = DOTTED_CAP_RE.search(text)
         while d is not None and (start < 0 or d.start() < start):
@@ -391,7 +411,7 @@ def to_seconds(v: Any, factor: float) -> float | None:
             if m is None:
                 return None
             x = float(m.group(1)) * _GO_UNITS[m.group(2)]
-    elif isinstance(v, int | float):
+    elif isinstance(v, _NUMBER):
         x = v * factor
     else:
         return None
@@ -415,7 +435,15 @@ def tail_duration(tail: str) -> float | None:
         v = t[0]
         if v.isdigit():
             return int(v) * 1e-6
-        return to_seconds(v, 1.0) if "." in v else None
+        if "." not in v:
+            return None
+        if "," not in v:  # to_seconds inlined for the common case: one decimal number
+            try:
+                x = float(v)
+            except ValueError:
+                return to_seconds(v, 1.0)  # a Go duration ("0.5s")
+            return x if math.isfinite(x) and x >= 0 else None
+        return to_seconds(v, 1.0)
     if len(t) >= 3 and t[0].isdigit() and t[2][:1] == "[":  # ingress-nginx: $request_length $request_time [
         return to_seconds(t[1], 1.0)
     return None
@@ -460,13 +488,15 @@ def _status(v: Any) -> str | None:
 def _is_error_level(v: Any) -> bool:
     if isinstance(v, str):
         return v.lower() in ERROR_LEVELS
-    if isinstance(v, int | float) and not isinstance(v, bool):
+    if isinstance(v, _NUMBER) and not isinstance(v, bool):
         return v >= 50  # pino / bunyan: 50 error, 60 fatal (40 is their warn)
     return False
 
 
 def _level(rec: dict[str, Any]) -> Any:
-    lv = _first(rec, LEVEL_KEYS)
+    lv = rec.get("level")  # the usual name (LEVEL_KEYS[0]): looked up alone first
+    if lv is None or lv == "":
+        lv = _first(rec, LEVEL_KEYS)
     if lv is None:
         log = rec.get("log")  # ECS nested: {"log": {"level": "ERROR", "logger": ...}} (Spring Boot ecs)
         if isinstance(log, dict):
@@ -477,7 +507,7 @@ def _level(rec: dict[str, Any]) -> Any:
 def record_error_type(rec: dict[str, Any]) -> str:
     """The type of an error record (JSON / logfmt), rules in ``docs/formats.md``."""
     code = rec.get("error_code")
-    if isinstance(code, str | int) and not isinstance(code, bool) and code != "":
+    if isinstance(code, _STR_OR_INT) and not isinstance(code, bool) and code != "":
         return str(code)[:64]
     msg = _first(rec, MESSAGE_KEYS)
     msg = msg if isinstance(msg, str) else ""
@@ -557,9 +587,10 @@ class LineClassifier:
             m = ACCESS_RE.match(s)
             if m is not None:
                 duration = combined_duration(s, m.end()) if s[-1] != '"' else None
-                _, clf, method, path, status = m.groups()
+                clf, method, path, status = m.groups()
                 self._count_request(st, method, path, status, clf, None, duration)
-                bump(st.lines, "access")
+                lines = st.lines
+                lines["access"] = lines.get("access", 0) + 1
                 return None
         if s[:1] == "\x1b":
             s = ANSI_RE.sub("", s)
@@ -601,7 +632,7 @@ class LineClassifier:
             m = ACCESS_RE.match(msg)
             if m is not None:
                 duration = combined_duration(msg, m.end()) if msg[-1] != '"' else None
-                _, clf, method, path, status = m.groups()
+                clf, method, path, status = m.groups()
                 self._count_request(st, method, path, status, clf, None, duration)
                 return
         c0 = msg[:1]
@@ -701,7 +732,7 @@ class LineClassifier:
             m = ACCESS_RE.match(msg)
             if m is not None:
                 duration = combined_duration(msg, m.end()) if msg[-1] != '"' else None
-                _, clf, method, path, status = m.groups()
+                clf, method, path, status = m.groups()
                 self._count_request(st, method, path, status, clf, None, duration)
                 return True
         if ' - "' in msg:
@@ -727,11 +758,13 @@ class LineClassifier:
                         method, path = parts[0], parts[1]
             if is_request:  # a status alone is no request
                 duration = None
-                if not _DURATION_KEYSET.isdisjoint(rec):
-                    for key, factor in DURATION_KEYS:
+                present = _DURATION_KEYSET.intersection(rec)
+                if present:
+                    # the first of DURATION_KEYS with a value; most records have one such key: no loop
+                    for key in present if len(present) == 1 else _DURATION_NAMES:
                         v = rec.get(key)
                         if v is not None and v != "" and v != "-":
-                            duration = to_seconds(v, factor)
+                            duration = to_seconds(v, _DURATION_FACTORS[key])
                             break
                 ts = record_time(_first(rec, TIME_KEYS)) if status[0] in "45" else None
                 self._count_request(st, method, path, status, None, ts, duration)
@@ -772,7 +805,8 @@ class LineClassifier:
                 else:
                     st.routes.add(route)
         key = (method, route, status)
-        st.requests[key] = st.requests.get(key, 0) + 1
+        requests = st.requests
+        requests[key] = requests.get(key, 0) + 1
         if duration is not None:
             lk = (method, route)
             buckets = st.latency.get(lk)
@@ -785,9 +819,8 @@ class LineClassifier:
             # the line's own time; lines without one (uvicorn) take the time they were read
             if clf is not None:
                 cache = self._clf_cache  # lines close in time share their second
-                if clf in cache:
-                    ts = cache[clf]
-                else:
+                ts = cache.get(clf, -1.0)  # -1.0: not there (clf_time gives a time or None)
+                if ts == -1.0:
                     if len(cache) >= 4096:
                         cache.clear()
                     ts = cache[clf] = clf_time(clf)
@@ -822,9 +855,8 @@ class LineClassifier:
         """Whether ``msg`` continues the traceback / stack trace of ``state``; if not, that one is counted."""
         ctx = ps.context
         kind = state[0]
-        blank = not msg or msg.isspace()
         if kind == "e":
-            if blank:  # Spring Boot's %wEx puts a blank line before the stack trace
+            if not msg or msg.isspace():  # Spring Boot's %wEx puts a blank line before the stack trace
                 return True
             if msg.startswith(TB_HEADER):
                 ctx[stream] = "t" + state[1:]
@@ -834,7 +866,7 @@ class LineClassifier:
                 ctx[stream] = "j" + state[1] + j.group(1)[:MAX_ERROR_TYPE_LEN]
                 return True
         elif kind == "t":
-            if blank or msg[0] in " \t":  # frames, source lines, carets
+            if not msg or msg[0] in " \t" or msg.isspace():  # frames, source lines, carets, blank lines
                 return True
             x = PY_EXC_RE.match(msg)
             if x is not None:  # the exception line ends this traceback (a chained one may follow)
@@ -842,19 +874,19 @@ class LineClassifier:
                 return True
             # cut short before its exception line: count what is known, read the line as usual
         elif kind == "x":
-            if blank:
+            if not msg or msg.isspace():
                 return True
             if msg.startswith(TB_CHAIN):
                 ctx[stream] = "c" + state[1:]
                 return True
         elif kind == "c":
-            if blank:
+            if not msg or msg.isspace():
                 return True
             if msg.startswith(TB_HEADER):
                 ctx[stream] = "t" + state[1:]
                 return True
         elif kind == "j":
-            if blank:  # the blank line Spring Boot's %wEx writes after the trace ends it
+            if not msg or msg.isspace():  # the blank line Spring Boot's %wEx writes after the trace ends it
                 del ctx[stream]
                 if state[1] == "0":
                     self._error(st, state[2:])

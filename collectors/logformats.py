@@ -179,43 +179,45 @@ class _Export(msgspec.Struct, gc=False):
 class _Rec(msgspec.Struct, gc=False):
     """The union of the JSON records we read; msgspec ignores every other field.
 
-    Fields are in the order the common records list them (msgspec finds in-order keys fastest). Numbers of
-    the extension records may arrive as strings (``az monitor log-analytics query`` stringifies every value,
-    ``None`` included), so they are decoded as ``float | str`` and converted by ``_num``.
+    Fields are in the order the Azure tables list them (alphabetically after ``TimeGenerated``; msgspec finds
+    in-order keys fastest): these rows are the long ones, and a Docker record normally takes ``_Docker``.
+    Numbers of the extension records may arrive as strings (``az monitor log-analytics query`` stringifies
+    every value, ``None`` included), so they are decoded as ``float | str`` and converted by ``_num``.
     """
 
-    # Docker json-file; `time` is also the diagnostic settings' (PT1H.json) top-level time
-    log: str | None = None
-    stream: str | None = None
-    time: str | None = None
     # Azure Monitor tables, PT1H.json `properties`, az containerapp logs show
     TimeGenerated: str | None = None
     ContainerAppName: str | None = None
     ContainerGroupName: str | None = None  # the replica, in console tables
-    Stream: str | None = None
-    Log: str | None = None
-    Type: str | None = None  # the table's name, or (system tables, az CLI) the event type Normal/Warning
-    ReplicaName: str | None = None
-    Reason: str | None = None
     # a Container Apps job's records name the job instead (ContainerAppName empty): the Azure Monitor tables'
     # JobName, ContainerJobName in archived (PT1H.json) records and ContainerJobName_s in Log Analytics
     JobName: str | None = None
-    ContainerJobName: str | None = None
+    Log: str | None = None
+    Reason: str | None = None
+    ReplicaName: str | None = None
+    Stream: str | None = None
     # Log Analytics (_CL) tables: the same columns with type suffixes
     ContainerAppName_s: str | None = None
     ContainerJobName_s: str | None = None
     ContainerGroupName_s: str | None = None
     Stream_s: str | None = None
-    Log_s: str | None = None
     Type_s: str | None = None  # the event type Normal/Warning (`Type` holds the table name)
     Reason_s: str | None = None
-    # Diagnostic settings archived to storage (PT1H.json): the table's columns sit in `properties`
-    category: str | None = None
-    properties: _Rec | None = None
+    Log_s: str | None = None
+    Type: str | None = None  # the table's name, or (system tables, az CLI) the event type Normal/Warning
+    ContainerJobName: str | None = None
     # fleetmon's extension system records (Reason ReplicaCount / MemoryUsage)
     Replicas: float | str | None = None
     WorkingSetBytes: float | str | None = None
     LimitBytes: float | str | None = None
+    # Docker json-file with its keys in another order; `time` is also the diagnostic settings' (PT1H.json)
+    # top-level time
+    log: str | None = None
+    stream: str | None = None
+    time: str | None = None
+    # Diagnostic settings archived to storage (PT1H.json): the table's columns sit in `properties`
+    category: str | None = None
+    properties: _Rec | None = None
 
 
 # The keys that make a JSON object one of our records, or reject it as one (a console table's row without its
@@ -338,8 +340,9 @@ class LineParser:
                     return self._app_json(st, line, ps)
                 except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                     return "binary" if _looks_binary(line) else "invalid_json"
-                msg = d.log
-                key = _DOCKER_KEYS.get(d.stream) or "docker:" + str(d.stream)
+                msg, stream = d.log, d.stream
+                # a string compare costs less than hashing the new string for the lookup
+                key = "docker:stdout" if stream == "stdout" else _DOCKER_KEYS.get(stream) or "docker:" + str(stream)
                 if not ps.pending and msg[-1:] == "\n" and msg[-2:-1] != "\r":  # the common case, inlined
                     lines = st.lines
                     lines["docker"] = lines.get("docker", 0) + 1
@@ -440,7 +443,8 @@ class LineParser:
         if len(s) > 20 and s[4] == "-" and s[10] == "T":
             parts = s.split(" ", 3)
             if len(parts) >= 3:
-                stream_key = _CRI_KEYS.get(parts[1])
+                stream = parts[1]
+                stream_key = "cri:stdout" if stream == "stdout" else _CRI_KEYS.get(stream)  # as for Docker
                 tag = parts[2]
                 if stream_key is not None and (tag == "F" or tag == "P"):
                     msg = parts[3] if len(parts) == 4 else ""

@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import glob
 import hashlib
+import io
 import json
 import logging
 import os
@@ -688,7 +689,7 @@ class LogTailer:
                 continue
             n = last_nl + 1
             with self.lock:
-                upto = self._parse(st, f, data[:last_nl], f.offset)
+                upto = self._parse(st, f, data[:n], f.offset)
                 if upto is not None:  # a JSON array document starts after `upto` bytes of lines
                     n = upto
                 f.offset += n
@@ -703,14 +704,17 @@ class LogTailer:
         return consumed
 
     def _parse(self, st: AppStats, f: _File, block: bytes, offset: int) -> int | None:
-        """Feed the block's lines; stops at a line that opens a JSON array document and returns its position."""
+        """Feed the block's lines (each ends with a newline); stops at a line that opens a JSON array document
+        and returns its position."""
         feed = self.parser.feed
         partial = f.partial
-        docs = block[:1] == b"[" or b"\n[" in block  # the only lines that may open a document
         start = offset
-        for line in block.split(b"\n"):
-            if docs and line[:1] == b"[" and _document_start(line):
+        # BytesIO finds the newlines with memchr: several times faster than bytes.split on long lines
+        for line in io.BytesIO(block):
+            # "[" opens a document (a first-byte test per line costs less than searching the block for "\n[")
+            if line[0] == 0x5B and _document_start(line):
                 return offset - start
+            line = line[:-1]
             reason = feed(st, line, partial)
             if reason is not None:
                 self._reject(st, f, reason, offset, line)
