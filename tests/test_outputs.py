@@ -708,6 +708,14 @@ def test_unreadable_file_marks_the_source_down_and_the_rest_keeps_flowing(
 
 
 # ------------------------------------------------------------------------------------------------- SQL
+def create_predictions_table(conn: sqlite3.Connection) -> None:
+    """The table ``sql_rows`` fills: the prediction record's fields, features as JSON text."""
+    conn.execute(
+        "CREATE TABLE predictions (customer TEXT, building TEXT, energy TEXT, model TEXT, made_at TEXT,"
+        " target_time TEXT, prediction REAL, anomaly_score REAL, anomaly_flag INTEGER, features TEXT)"
+    )
+
+
 def sql_rows(conn: sqlite3.Connection, recs: list[dict[str, Any]]) -> None:
     conn.executemany(
         "INSERT INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -734,10 +742,7 @@ def test_sqlite_source_is_read_incrementally_and_survives_restart(tmp_path: Path
     db = tmp_path / "outputs.db"
     conn = sqlite3.connect(db)
     try:
-        conn.execute(
-            "CREATE TABLE predictions (customer TEXT, building TEXT, energy TEXT, model TEXT, made_at TEXT,"
-            " target_time TEXT, prediction REAL, anomaly_score REAL, anomaly_flag INTEGER, features TEXT)"
-        )
+        create_predictions_table(conn)
         conn.execute(
             "CREATE TABLE actuals (customer TEXT, building TEXT, energy TEXT, target_time TEXT, actual REAL)"
         )
@@ -901,10 +906,7 @@ def test_a_far_future_sql_row_does_not_hide_the_rows_after_it(tmp_path: Path) ->
     db = tmp_path / "outputs.db"
     conn = sqlite3.connect(db)
     try:
-        conn.execute(
-            "CREATE TABLE predictions (customer TEXT, building TEXT, energy TEXT, model TEXT, made_at TEXT,"
-            " target_time TEXT, prediction REAL, anomaly_score REAL, anomaly_flag INTEGER, features TEXT)"
-        )
+        create_predictions_table(conn)
         recs = sorted(forecaster_records("b1", "electricity"), key=lambda r: r["made_at"])
         future = {**recs[0], "made_at": "2099-01-01T00:00:00Z", "target_time": "2099-01-01T01:00:00Z"}
         sql_rows(conn, [recs[0], future])
