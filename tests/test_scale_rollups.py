@@ -23,14 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
-from collectors.outputs import DriftCollector, OutputsCollector, pipeline_for
-from fleetmon.config import Config, DemoConfig, FleetConfig, OutputsConfig
-from fleetmon.exporter import Exporter
 from fleetmon.procs import free_port, spawn, stop_group, wait_for_http
 from fleetmon.sharding import Shard
 from simulator.core import Simulator
-from simulator.fleet import generate_fleet
-from simulator.world import FEATURES
+from tests.demo_outputs import demo_config, exposition
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "prometheus" / "rules" / "recording.yml"
@@ -53,43 +49,6 @@ pytestmark = [
         reason="victoria-metrics / vmalert not installed (scripts/install-system-deps.sh)",
     ),
 ]
-
-
-def config(out: Path, state: Path, shard: Shard) -> Config:
-    return Config(
-        fleet=FleetConfig(customers=generate_fleet(42, 4, 20)),
-        shard=shard,
-        outputs=OutputsConfig.model_validate(
-            {
-                "predictions": [{"glob": str(out / "outputs" / "predictions" / "*.jsonl")}],
-                "actuals": [{"glob": str(out / "outputs" / "actuals" / "*.jsonl")}],
-                "features": list(FEATURES),
-                "quarantine_dir": str(state / "quarantine"),
-                "state_dir": str(state / "state"),
-                # the shipped config's windows: the demo's time scale (120) makes a simulated day 720 s
-                "windows": {"24h": 720, "7d": 5040},
-                "retention_seconds": 6000,
-                "drift": {
-                    "reference_window_seconds": 5040,
-                    "current_window_seconds": 720,
-                    "exclude": ["hour_of_day", "day_of_week"],
-                },
-            }
-        ),
-        demo=DemoConfig(
-            seed=42, customers=4, buildings=20, output_dir=out, time_scale=120, backfill_hours=192
-        ),
-    )
-
-
-def exposition(out: Path, state: Path, shard: Shard, now: float) -> bytes:
-    cfg = config(out, state, shard)
-    pipeline = pipeline_for(cfg)
-    pipeline.clock = lambda: now
-    outputs, drift = OutputsCollector(cfg, pipeline), DriftCollector(cfg, pipeline)
-    outputs.poll()
-    drift.poll()
-    return Exporter("outputs", {"outputs": outputs, "drift": drift}, shard).exposition()
 
 
 class Store:
@@ -162,7 +121,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, St
     tmp = tmp_path_factory.mktemp("rollups")
     out = tmp / "demo"
     now = time.time()
-    cfg = config(out, tmp, Shard())
+    cfg = demo_config(out, tmp)
     # the simulated hours end now: the stores' clock (time() in the rules) is the exporters' frozen one
     sim = Simulator(cfg, start=now - HOURS * 3600 / cfg.demo.time_scale, mlflow=False)
     try:
@@ -173,7 +132,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, St
     try:
         stop = threading.Event()
         labels = {"job": "fleetmon-outputs", "instance": "o:9702"}
-        feeds = [whole.feed([(exposition(out, tmp / "whole", Shard(), now), labels)], stop)]
+        feeds = [whole.feed([(exposition(out, tmp / "whole", now, Shard()), labels)], stop)]
         parts = []
         for s in (Shard(0, 2), Shard(1, 2)):
             labels = {
@@ -181,7 +140,7 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, St
                 "instance": f"o{s.index}:980{s.index}",
                 "shard": str(s.index),
             }
-            parts.append((exposition(out, tmp / f"shard{s.index}", s, now), labels))
+            parts.append((exposition(out, tmp / f"shard{s.index}", now, s), labels))
         feeds.append(sharded.feed(parts, stop))
         for store in (whole, sharded):
             store.evaluate_rules()

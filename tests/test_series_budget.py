@@ -13,39 +13,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from collectors.outputs import DriftCollector, OutputsCollector, pipeline_for
-from fleetmon.config import Config, DemoConfig, FleetConfig, OutputsConfig
-from fleetmon.exporter import Exporter
 from simulator.core import Simulator
-from simulator.fleet import generate_fleet
-from simulator.world import FEATURES
+from tests.demo_outputs import demo_config, exposition
 
 ROOT = Path(__file__).resolve().parent.parent
 BUDGET_AVERAGE, BUDGET_MAX = 50, 60  # docs/metrics.md states the same
-
-
-def demo_config(out: Path, tmp: Path) -> Config:
-    """The demo fleet with the shipped config's outputs settings (windows at the demo's time scale)."""
-    return Config(
-        fleet=FleetConfig(customers=generate_fleet(42, 4, 20)),
-        outputs=OutputsConfig.model_validate(
-            {
-                "predictions": [{"glob": str(out / "outputs" / "predictions" / "*.jsonl")}],
-                "actuals": [{"glob": str(out / "outputs" / "actuals" / "*.jsonl")}],
-                "features": list(FEATURES),
-                "windows": {"24h": 720, "7d": 5040},
-                "retention_seconds": 6000,
-                "quarantine_dir": str(tmp / "quarantine"),
-                "state_dir": str(tmp / "state"),
-                "drift": {
-                    "reference_window_seconds": 5040,
-                    "current_window_seconds": 720,
-                    "exclude": ["hour_of_day", "day_of_week"],
-                },
-            }
-        ),
-        demo=DemoConfig(seed=42, customers=4, buildings=20, output_dir=out, time_scale=120),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +30,7 @@ def per_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Co
         sim.fast_forward(2)
     finally:
         sim.close()
-    pipeline = pipeline_for(cfg)
-    pipeline.clock = lambda: now
-    outputs, drift = OutputsCollector(cfg, pipeline), DriftCollector(cfg, pipeline)
-    outputs.poll()
-    drift.poll()
-    body = Exporter("outputs", {"outputs": outputs, "drift": drift}).exposition().decode()
+    body = exposition(tmp / "demo", tmp, now).decode()
     families: dict[str, Counter[tuple[str, ...]]] = {}
     for fam in text_string_to_metric_families(body):
         for s in fam.samples:
