@@ -4,7 +4,8 @@
     .venv/bin/python -m benchmarks.rules_bench --models 80 20000 --settle 60
 
 For each fleet size a synthetic exporter serves, for every model, the series the rules read (drift per column,
-quality windows, freshness, MLflow runs, ...: about 30 per model, a few models drifting, stale or failing),
+quality windows, freshness, MLflow runs, building metadata with 5 building types and 8 buildings per
+weather station, ...: about 30 per model, a few models drifting, stale or failing),
 and a real Prometheus (free port, temporary directory) scrapes it every 5 s and evaluates the shipped rule
 files every 5 s. After `--settle` seconds the last evaluation time of every rule group is read from
 Prometheus' own metrics. Printed side by side: series scraped, each group's evaluation time, the sum as a
@@ -31,6 +32,8 @@ from fleetmon.procs import free_port, spawn, stop_group, wait_for_http
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ("outdoor_temperature", "solar_radiation", "occupancy", "humidity")
+# building types (the peer groups) and 8 buildings per weather station, across customers
+TYPES = ("office", "school", "retail", "residential", "hospital")
 
 
 def exposition(n_models: int, now: float) -> bytes:
@@ -51,13 +54,16 @@ def exposition(n_models: int, now: float) -> bytes:
                 f'fleetmon_drift_column_score{{{fl},column="{col}",stattest="ks"}} {0.001 if flag else 0.4}'
             )
         out.append(f"fleetmon_drift_current_rows{{{fl}}} 24")
+        out.append(f"fleetmon_drift_share{{{fl}}} {0.2 if drifting else 0.0}")
+        if role == "anomaly":
+            out.append(f'fleetmon_model_anomaly_ratio{{{fl},window="24h"}} {0.04 + (i % 7) * 0.01}')
         last = now - (300 if i % 101 == 0 else 10)
         out.append(f"fleetmon_model_last_prediction_timestamp_seconds{{{fl}}} {last}")
         for w, f in (("24h", 1.0 + (i % 89 == 0) * 2), ("7d", 1.0)):
             out.append(f'fleetmon_model_actual_coverage_ratio{{{fl},window="{w}"}} 0.9')
             if role == "forecast":
                 out.append(f'fleetmon_model_mae_joules{{{fl},window="{w}"}} {1e6 * f}')
-                out.append(f'fleetmon_model_mape_ratio{{{fl},window="{w}"}} {0.05 * f}')
+                out.append(f'fleetmon_model_mape_ratio{{{fl},window="{w}"}} {(0.05 + (i % 11) * 0.001) * f}')
         for kind in ("missing", "unexpected"):
             out.append(f'fleetmon_outputs_schema_mismatch{{{fl},kind="{kind}"}} 0')
         for st, v in (("failed", int(now // 30) if i % 103 == 0 else 1), ("finished", 4), ("running", 0)):
@@ -66,8 +72,8 @@ def exposition(n_models: int, now: float) -> bytes:
         out.append(f'fleetmon_mlflow_model_alias_version{{{fl},alias="champion"}} 3')
         if m == 0:
             out.append(
-                f'fleetmon_building_info{{customer="c{c}",building="c{c}-b{b}",building_type="office",'
-                f'weather_station="w{c}",latitude="52.0",longitude="4.0"}} 1'
+                f'fleetmon_building_info{{customer="c{c}",building="c{c}-b{b}",building_type="{TYPES[b % 5]}",'
+                f'weather_station="w{b // 8}",latitude="52.0",longitude="4.0"}} 1'
             )
     return ("\n".join(out) + "\n").encode()
 

@@ -188,6 +188,14 @@ class Simulator:
     def effects(self, t: float) -> Effects:
         eff = Effects()
         for inc in self.schedule.active(t):
+            if inc.kind == "weather_station_fault":
+                # the station's shifted weather reaches every model of every building on it
+                shifts = {str(f): float(v) for f, v in inc.detail["shifts"].items()}
+                on_station = {(b["customer"], b["building"]) for b in inc.detail["buildings"]}
+                for m in self.world.models:
+                    if (m.customer, m.building) in on_station:
+                        eff.drift[m] = shifts
+                continue
             if inc.key is None:
                 continue
             if inc.kind == "data_drift":

@@ -1,12 +1,20 @@
 """Incidents injected into the demo fleet on a deterministic schedule, and the ground truth they leave.
 
 Incidents come in *waves*. Wave 0 starts ``first_incident_after_seconds`` after start-up and holds every
-kind, staggered over the first 90 s, so within five minutes of start-up all seven kinds are under way. Later
+kind, staggered over the first 105 s, so within five minutes of start-up all eight kinds are under way. Later
 waves (one per ``period``) hold three to five kinds. Every incident ends before the next wave begins (a gap
 of a few minutes), so alerts fire, resolve, and fire again elsewhere. Within a wave, every model incident
 has a building of its own, and the platform incidents an app of their own: a 5xx burst, slow answers and
 unhealthy replicas never hit the same app at once, so each page has one cause (the 5xx burst takes the
 gateway, so wave 0's latency spike is on model-serving).
+
+A ``weather_station_fault`` is the one incident with a shared cause: the weather feed of one station goes
+wrong, so every model of every building reporting to it sees the same shifted weather (one page for the
+station, ``WeatherFeedFault``, not one per model). The station is fixed per fleet (``fault_station``: the
+smallest station with two or more buildings, preferring one that spans customers, so the fault cannot be
+mistaken for a customer's own data feed); its buildings are never quiet, and no other incident of the wave
+touches them. Its record names the station and the buildings (``detail.weather_station``,
+``detail.buildings``).
 
 A share of buildings (about 40 % of each customer's, at least one when the customer has two or more) is
 *quiet*: no incident ever targets them, so an end-to-end test can check that they raise nothing. The first
@@ -38,6 +46,7 @@ KINDS = (
     "http_5xx_burst",
     "replica_unhealthy",
     "latency_spike",
+    "weather_station_fault",
 )
 MODEL_KINDS = ("data_drift", "error_growth", "stale_predictions", "training_failures")
 # Apps whose replicas can turn unhealthy (the gateway has its own incident kind).
@@ -96,11 +105,28 @@ class Incident:
         }
 
 
+def fault_station(fleet: FleetConfig) -> tuple[str, list[tuple[str, str]]] | None:
+    """The station whose weather feed the demo breaks, and its buildings: the smallest station with two or
+    more buildings, then the one spanning the most customers, then by name (None: no such station)."""
+    stations: dict[str, list[tuple[str, str]]] = {}
+    for c in fleet.customers:
+        for b in c.buildings:
+            if b.weather_station:
+                stations.setdefault(b.weather_station, []).append((c.id, b.id))
+    shared = [(s, bs) for s, bs in stations.items() if len(bs) >= 2]
+    if not shared:
+        return None
+    return min(shared, key=lambda sb: (len(sb[1]), -len({c for c, _ in sb[1]}), sb[0]))
+
+
 def choose_quiet(fleet: FleetConfig, seed: int, share: float = 0.4) -> list[tuple[str, str]]:
     rng = random.Random(f"{seed}:quiet")
+    station = fault_station(fleet)
+    faulty = set(station[1]) if station else set()
     quiet: list[tuple[str, str]] = []
     for c in fleet.customers:
-        ids = [b.id for b in c.buildings]
+        # the fault station's buildings are never quiet: its incident targets them all
+        ids = [b.id for b in c.buildings if (c.id, b.id) not in faulty]
         n = min(len(ids) - 1, max(1, round(share * len(ids)))) if len(ids) >= 2 else 0
         quiet.extend((c.id, b) for b in sorted(rng.sample(ids, n)))
     return quiet
@@ -126,6 +152,7 @@ class Schedule:
         self.first_after = first_after
         self.path = ground_truth
         self.quiet = choose_quiet(fleet, seed)
+        self.station = fault_station(fleet)
         quiet = set(self.quiet)
         self.pool = [m for m in fleet.models() if (m.customer, m.building) not in quiet]
         self.forecasters = [m for m in self.pool if fleet.is_forecaster(m.model)]
@@ -212,11 +239,16 @@ class Schedule:
         if w == 0:
             kinds = list(KINDS)
             rng.shuffle(kinds)
-            offsets = [0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0]
+            offsets = [15.0 * i for i in range(len(kinds))]
         else:
             kinds = rng.sample(KINDS, rng.randint(3, 5))
             offsets = sorted(rng.uniform(0, self.spread) for _ in kinds)
+        if self.station is None and "weather_station_fault" in kinds:
+            kinds.remove("weather_station_fault")  # a fleet without a shared station
+            offsets = offsets[: len(kinds)]
         taken_buildings: set[tuple[str, str]] = set()
+        if "weather_station_fault" in kinds and self.station is not None:
+            taken_buildings.update(self.station[1])  # the station's buildings are its incident's alone
         taken_models: set[ModelKey] = set()
         apps = self._wave_apps(rng, kinds)
         out: list[Incident] = []
@@ -244,6 +276,17 @@ class Schedule:
                 elif kind == "training_failures":
                     inc.app = "training-processor"
                     inc.detail = {"exception": rng.choice(["ValueError", "MemoryError", "KeyError"])}
+            elif kind == "weather_station_fault":
+                assert self.station is not None
+                station, buildings = self.station
+                inc.detail = {
+                    "cause": "weather feed fault",
+                    "weather_station": station,
+                    "buildings": [{"customer": c, "building": b} for c, b in buildings],
+                    "shifts": {
+                        f: round(rng.uniform(lo, hi), 1) for f, (lo, hi) in sorted(DRIFT_SHIFTS.items())
+                    },
+                }
             elif kind == "http_5xx_burst":
                 inc.app = "gateway"
                 inc.detail = {"share_5xx": round(rng.uniform(0.3, 0.5), 2)}

@@ -330,3 +330,63 @@ def test_an_app_answering_5xx_does_not_also_get_a_latency_ticket(am: tuple[str, 
         latency = json.loads(r.read())
     inhibited = {a["labels"]["app"]: bool(a["status"]["inhibitedBy"]) for a in latency}
     assert inhibited == {"gateway": True, "model-serving": False}
+
+
+def test_a_shared_cause_holds_back_the_model_alerts_it_explains(am: tuple[str, Capture]) -> None:
+    """WeatherFeedFault silences the drift, error and peer alerts of models on its station only;
+    CustomerDataFeedFault those of its customer's models; a model's own error holds back its peer outlier."""
+    url, _ = am
+    # an exporter of their own (the other tests' OutputsSourceUnreadable silences o:9702's alerts)
+    exporter = {"instance": "o3:9702"}
+    on_station = {"weather_station": "st-broken", "customer": "c77", "building": "c77-b1", **exporter}
+    elsewhere = {"weather_station": "st-fine", "customer": "c77", "building": "c77-b2", **exporter}
+    feed = {"customer": "c88", "building": "c88-b1", "weather_station": "st-other", **exporter}
+    post_alerts(
+        url,
+        [
+            {
+                "labels": {
+                    "alertname": "WeatherFeedFault",
+                    "severity": "critical",
+                    "weather_station": "st-broken",
+                }
+            },
+            {"labels": {"alertname": "CustomerDataFeedFault", "severity": "critical", "customer": "c88"}},
+            model_alert("ModelErrorAboveBaseline", "warning", "wf-err", **on_station),
+            model_alert("ModelPredictionDrift", "warning", "wf-pred", **on_station),
+            model_alert("ModelPeerOutlier", "warning", "wf-peer", signal="error_ratio", **on_station),
+            # a stale model on the station is not explained by its weather
+            model_alert("ModelPredictionsStale", "warning", "wf-stale", **on_station),
+            model_alert("ModelErrorAboveBaseline", "warning", "fine-err", **elsewhere),
+            model_alert("ModelDataDrift", "warning", "cf-drift", **feed),
+            {"labels": {"alertname": "CustomerModelsErroring", "severity": "critical", "customer": "c88"}},
+            # the model's own error alert holds back its peer outlier (same model only)
+            model_alert("ModelErrorAboveBaseline", "warning", "own", **elsewhere),
+            model_alert("ModelPeerOutlier", "warning", "own", signal="error_ratio", **elsewhere),
+            model_alert("ModelPeerOutlier", "warning", "alone", signal="error_ratio", **elsewhere),
+        ],
+    )
+    time.sleep(1)
+    with urllib.request.urlopen(url + "/api/v2/alerts", timeout=10) as r:
+        got = json.loads(r.read())
+    inhibited = {
+        (a["labels"]["alertname"], a["labels"].get("model", a["labels"].get("customer", ""))): bool(
+            a["status"]["inhibitedBy"]
+        )
+        for a in got
+        if a["labels"].get("customer") in ("c77", "c88") or "weather_station" in a["labels"]
+    }
+    assert inhibited == {
+        ("WeatherFeedFault", ""): False,
+        ("CustomerDataFeedFault", "c88"): False,
+        ("ModelErrorAboveBaseline", "wf-err"): True,
+        ("ModelPredictionDrift", "wf-pred"): True,
+        ("ModelPeerOutlier", "wf-peer"): True,
+        ("ModelPredictionsStale", "wf-stale"): False,
+        ("ModelErrorAboveBaseline", "fine-err"): False,
+        ("ModelDataDrift", "cf-drift"): True,
+        ("CustomerModelsErroring", "c88"): True,
+        ("ModelErrorAboveBaseline", "own"): False,
+        ("ModelPeerOutlier", "own"): True,
+        ("ModelPeerOutlier", "alone"): False,
+    }, inhibited

@@ -21,7 +21,7 @@ from scipy import stats
 from fleetmon.config import Config, DemoConfig, FleetConfig, ModelKey, OutputsConfig
 from simulator.core import Simulator
 from simulator.fleet import generate_fleet
-from simulator.incidents import KINDS, LATENCY_APPS, REPLICA_APPS, Incident, Schedule
+from simulator.incidents import KINDS, LATENCY_APPS, REPLICA_APPS, Incident, Schedule, fault_station
 from simulator.logs import LogFile, Platform
 from simulator.world import FEATURES
 
@@ -284,6 +284,50 @@ def test_drift_shifts_the_weather_features_of_that_model_only_and_a_ks_test_sees
         sib_values[first_in : first_in + 12], sib_values[first_in - 180 : first_in - 12]
     ).pvalue
     assert p_sib > p_full * 100
+
+
+def test_a_weather_station_fault_shifts_every_model_of_its_buildings_and_nothing_else(run: Run) -> None:
+    """The shared-cause incident: one station's weather feed breaks, so every model of each of its buildings
+    sees the same shift at once (one cause behind many models), and no other building's inputs move."""
+    inc = run.first("weather_station_fault")
+    station = fault_station(run.sim.cfg.fleet)
+    assert station is not None
+    on_station = {(b["customer"], b["building"]) for b in inc["detail"]["buildings"]}
+    assert inc["detail"]["weather_station"] == station[0] and on_station == set(station[1])
+    assert len(on_station) >= 2
+    # every building the fleet config puts on that station, and only those
+    assert on_station == {
+        (c.id, b.id)
+        for c in run.sim.cfg.fleet.customers
+        for b in c.buildings
+        if b.weather_station == station[0]
+    }
+    quiet = next(r for r in run.truth if r["kind"] == "quiet_buildings")
+    assert not on_station & {(b["customer"], b["building"]) for b in quiet["detail"]["buildings"]}
+    start, end = ts(inc["start"]), ts(inc["end"])
+    # no other incident of its wave touches the station's buildings
+    same_wave = [r for r in run.incidents if abs(ts(r["start"]) - start) < 150 and r["id"] != inc["id"]]
+    assert same_wave and not {(r["customer"], r["building"]) for r in same_wave} & on_station
+    world = run.sim.world
+    shift = inc["detail"]["shifts"]["outdoor_temperature"]
+    models = [m for m in run.preds if (m.customer, m.building) in on_station]
+    assert len(models) == 4 * len(on_station)
+    for key in run.preds:
+        for r in run.preds[key]:
+            t = ts(r["target_time"])
+            if not start <= t < end:
+                continue
+            truth = world.truth(round(t / run.sim.interval)).features["outdoor_temperature"]
+            served = r["features"]["outdoor_temperature"]
+            bi = world.index[(key.customer, key.building)]
+            expected = truth[bi] + (shift if (key.customer, key.building) in on_station else 0.0)
+            drifting = [
+                d
+                for d in run.incidents
+                if d["kind"] == "data_drift" and run.key(d) == key and ts(d["start"]) <= t < ts(d["end"])
+            ]
+            if not drifting:
+                assert served == pytest.approx(expected, abs=0.011), (key, r["target_time"])
 
 
 def test_stale_model_writes_nothing_in_its_window(run: Run) -> None:

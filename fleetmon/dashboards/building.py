@@ -205,4 +205,50 @@ def build() -> dashboard.Dashboard:
             ],
         )
     )
+
+    d = d.with_row(row("Against its peers"))
+    # the building's own series, to keep only its peer groups' medians and bands
+    own = m("model:fleetmon_model_peer_signal:value", s, signal="mape")
+    group = "building_type, energy, model, signal"
+    median = "building_type:fleetmon_model_peer_signal:median"
+    band = (
+        f"{median} + 3 * (1.4826 * building_type:fleetmon_model_peer_signal:mad"
+        " + on (signal) group_left signal:fleetmon_model_peer_signal:spread_floor)"
+    )
+    d = d.with_panel(
+        ts(
+            "Forecast error against its peers (7-day MAPE)",
+            [
+                q(f"max by (energy) ({own})", "{{energy}} (this building)"),
+                q(f"max by (energy) ({median} and on ({group}) {own})", "{{energy}} peers' median"),
+                q(f"max by (energy) (({band}) and on ({group}) {own})", "{{energy}} peers' outlier line"),
+            ],
+            w=16,
+            h=8,
+            unit="percentunit",
+            min_val=0,
+            description="the building's forecasters' 7-day MAPE against the median of the forecasters of the "
+            "same energy type in buildings of the same type, and the line above which it is an outlier "
+            "(median + 3 x (1.4826 x MAD + floor); ModelPeerOutlier, docs/alerting.md)",
+        )
+    )
+    d = d.with_panel(
+        table_panel(
+            "Peer scores",
+            [
+                q(
+                    f"max by (energy, model, signal, peers) ({m('model:fleetmon_model_peer_score:robust_z', s)})",
+                    instant=True,
+                    table_format=True,
+                )
+            ],
+            w=8,
+            h=8,
+            description="robust score of each model among its peers (building type, customer): "
+            "(value - peers' median) / (1.4826 x MAD + floor); above 3 while the peers are fine is an outlier",
+            hide=("Time",),
+            rename={"Value": "score"},
+            sort_by="score",
+        )
+    )
     return d

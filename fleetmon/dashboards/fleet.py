@@ -1,4 +1,5 @@
-"""Fleet overview (ops): models by state, worst buildings, firing alerts, per-customer summary."""
+"""Fleet overview (ops): shared causes and peer outliers, models by state, worst buildings, firing alerts,
+per-customer summary."""
 
 from __future__ import annotations
 
@@ -46,6 +47,90 @@ def build() -> dashboard.Dashboard:
         "fleetmon / Fleet overview",
         "Every model of the fleet by state, the buildings in the worst shape, firing alerts and a summary "
         "per customer. Click a customer or a building to drill down.",
+    )
+
+    # What no single-model view shows, first: one cause behind many models, and a model unlike its peers.
+    d = d.with_row(row("Shared causes and peer outliers"))
+    d = d.with_panel(
+        stat_panel(
+            "Weather stations with a broken feed",
+            [q("sum(weather_station:fleetmon_feed_fault:bool) or vector(0)", "stations", instant=True)],
+            w=4,
+            h=4,
+            description="stations where at least 2, and half, of the buildings' inputs drifted together "
+            "(WeatherFeedFault)",
+            steps=thresholds((None, "green"), (1, "red")),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            "Customers with a broken data feed",
+            [q("sum(customer:fleetmon_feed_fault:bool) or vector(0)", "customers", instant=True)],
+            w=4,
+            h=4,
+            description="customers where at least 2, and half, of the buildings' inputs drifted together, "
+            "not explained by a station (CustomerDataFeedFault)",
+            steps=thresholds((None, "green"), (1, "red")),
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            "Peer outliers",
+            [
+                q(
+                    "count(max without (peers) (model:fleetmon_model_peer_score:robust_z) > 3) or vector(0)",
+                    "models",
+                    instant=True,
+                )
+            ],
+            w=4,
+            h=4,
+            description="models with a robust peer score above 3 (ModelPeerOutlier once it lasts and the "
+            "peers are fine)",
+            steps=thresholds((None, "green"), (1, "orange")),
+        )
+    )
+    d = d.with_panel(
+        table_panel(
+            "Buildings with a feed fault, by weather station",
+            [
+                q("weather_station:fleetmon_buildings_feed_fault:sum", instant=True, table_format=True),
+                q("weather_station:fleetmon_buildings:count", instant=True, table_format=True),
+                q("weather_station:fleetmon_feed_fault:bool", instant=True, table_format=True),
+            ],
+            w=12,
+            h=8,
+            description="per weather station: buildings whose inputs drifted together on several models, "
+            "of how many; 1 in the last column is a WeatherFeedFault",
+            rename={"Value #A": "buildings with a feed fault", "Value #B": "buildings", "Value #C": "fault"},
+            sort_by="buildings with a feed fault",
+        )
+    )
+    d = d.with_panel(
+        table_panel(
+            "Farthest from their peers",
+            [
+                q(
+                    "topk(10, max without (peers) (model:fleetmon_model_peer_score:robust_z))",
+                    instant=True,
+                    table_format=True,
+                )
+            ],
+            w=12,
+            h=8,
+            description="the 10 models with the highest robust score among their peers (building type or "
+            "customer): above 3 is an outlier",
+            hide=("Time", "weather_station"),
+            rename={"Value": "score"},
+            column_links=[
+                column_link(
+                    "building",
+                    "Building ${__data.fields.building}",
+                    dashboard_url("building", row_fields(["customer", "building"])),
+                ),
+            ],
+            sort_by="score",
+        )
     )
 
     d = d.with_row(row("Models by state"))
