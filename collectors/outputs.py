@@ -24,6 +24,7 @@ import numpy as np
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from fleetmon.config import Config
+from fleetmon.drift.multivariate import FitCache, MultivariateResult, reconstruction_drift
 from fleetmon.drift.render import render as render_drift
 from fleetmon.exporter import FLEET_LABELS, Rendered, register, render_families
 from fleetmon.outputs.drift_jobs import JobSet, ReferenceFiles, build_jobs
@@ -135,7 +136,8 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
             ),
             (
                 "fleetmon_model_mape_skipped_zero_actuals",
-                "Forecaster rows in the window left out of MAPE because their actual is 0.",
+                "Forecaster rows in the window left out of MAPE because their actual is 0; only where some "
+                "are (absent: none).",
                 w.mape_zero_actuals,
                 fc,
             ),
@@ -153,6 +155,9 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
             ),
         ]
         for name, doc, values, mask in series:
+            if name == "fleetmon_model_mape_skipped_zero_actuals":
+                # only where rows were skipped (0 almost everywhere; docs/metrics.md series budget)
+                mask = mask & (values > 0)
             g = fam(name, doc + " Cached; recomputed every outputs poll.", ["window"])
             for i in np.flatnonzero(mask & ~np.isnan(values)):
                 g.add_metric([*labels[i], window], float(values[i]))
@@ -268,6 +273,62 @@ def quality_families(p: OutputsPipeline, q: Quality) -> list[Metric]:
         g.add_metric([*labels[k], "unexpected"], float(p.store.schema_unexpected[k]))
     out.append(g)
     return out
+
+
+def estimation_families(p: OutputsPipeline) -> list[Metric]:
+    """The forecasters' error before their actuals arrive (fleetmon.outputs.estimation), and how good the
+    estimates turned out once the actuals came."""
+    est = p.estimation
+    if est is None:
+        return []
+    fleet = p.fleet
+    labels = fleet.model_labels
+    g = GaugeMetricFamily(
+        "fleetmon_model_estimated_mae_joules",
+        "Forecaster MAE over the window's matured predictions: realised where the actual is known, estimated "
+        "where it is still pending (Direct Loss Estimation); equals fleetmon_model_mae_joules when nothing is "
+        "pending. Cached; recomputed every outputs poll.",
+        labels=[*FLEET, "window"],
+    )
+    for window, e in est.estimates.items():
+        for i in np.flatnonzero((e.rows > 0) & np.isfinite(e.estimated_mae)):
+            g.add_metric([*labels[i], window], float(e.estimated_mae[i]) * J_PER_KWH)
+    fitted = GaugeMetricFamily(
+        "fleetmon_outputs_estimation_models_fitted",
+        "Forecasters with a loss model to estimate their pending errors from (enough matured rows with an "
+        "actual at the last fit).",
+        value=float(np.count_nonzero(est.estimator.fitted)),
+    )
+    energies = sorted({m.energy for m in fleet.models})
+    energy = np.array([m.energy for m in fleet.models])
+    resolved = CounterMetricFamily(
+        "fleetmon_outputs_estimation_resolved_predictions",
+        "Forecaster predictions whose error was estimated while pending and whose actual has since arrived, "
+        "by energy type (since the exporter started).",
+        labels=["energy"],
+    )
+    ratio = GaugeMetricFamily(
+        "fleetmon_outputs_estimation_error_ratio",
+        "How far the estimated MAE of those predictions was from their realised MAE, per model, relative: "
+        "sum over models of |estimated - realised| / sum of realised, by energy type; estimator=dle (Direct "
+        "Loss Estimation) or naive (the model's reference MAE, what one would assume without it).",
+        labels=["energy", "estimator"],
+    )
+    for en in energies:
+        sel = energy == en
+        resolved.add_metric([en], float(est.resolved[sel].sum()))
+        realised = float(est.realised_abs[sel].sum())
+        if realised > 0:
+            for name, values in (("dle", est.estimated_abs), ("naive", est.naive_abs)):
+                dev = float(np.abs(values[sel] - est.realised_abs[sel]).sum())
+                ratio.add_metric([en, name], dev / realised)
+    errors = CounterMetricFamily(
+        "fleetmon_outputs_estimation_errors",
+        "Outputs polls whose error estimation failed (the quality was still computed; the last estimates "
+        "stand); the exporter's log says why.",
+        value=float(p.estimation_errors),
+    )
+    return [g, fitted, resolved, ratio, errors]
 
 
 def serving_families(p: OutputsPipeline) -> list[Metric]:
@@ -617,7 +678,7 @@ class OutputsCollector:
         q = p.refresh_quality()
         versions = versions_families(p, p.versions) if p.versions is not None else []
         self._rendered = render_families(
-            self._static + quality_families(p, q) + versions + ingest_families(p)
+            self._static + quality_families(p, q) + estimation_families(p) + versions + ingest_families(p)
         )
 
     def prerendered(self) -> Rendered:
@@ -648,6 +709,9 @@ class DriftCollector:
             else None
         )
         self.results: list[Any] = []
+        self.multivariate: list[MultivariateResult] = []
+        # fits of fixed references (reference: file) kept across cycles; a rolling one changes every cycle
+        self._multivariate_fits = FitCache()
         self.jobset: JobSet | None = None
         self._rendered: Any = None
         self._last_success: float | None = None
@@ -671,9 +735,21 @@ class DriftCollector:
             snap, self.pipeline.fleet, self.pipeline.features, self.drift, now, self._references
         )
         results = self.backend.run(jobset.jobs)
-        rendered = render_drift(results)
+        mv_cfg = self.drift.multivariate
+        multivariate = (
+            reconstruction_drift(
+                jobset.jobs,
+                explained_variance=mv_cfg.explained_variance,
+                std_multiplier=mv_cfg.threshold_std,
+                cache=self._multivariate_fits if self.drift.reference == "file" else None,
+            )
+            if mv_cfg.enabled
+            else []
+        )
+        rendered = render_drift(results, multivariate=multivariate)
         self._duration = time.perf_counter() - start
         self.results, self.jobset, self._last_success = results, jobset, time.time()
+        self.multivariate = multivariate
         self._rendered = rendered
 
     def prerendered(self) -> Any:

@@ -407,6 +407,26 @@ class VersionsConfig(_Model):
     horizon: int = Field(default=1, ge=1, le=168)
 
 
+class MultivariateDriftConfig(_Model):
+    """NannyML's data-reconstruction drift over all features together (fleetmon.drift.multivariate)."""
+
+    enabled: bool = True
+    # PCA keeps the components that explain this share of the reference's variance (NannyML's 0.65).
+    explained_variance: float = Field(default=0.65, gt=0, lt=1)
+    # The band: the reference chunks' mean error +- this many standard deviations (NannyML's 3).
+    threshold_std: float = Field(default=3.0, ge=0)
+
+
+class EstimationConfig(_Model):
+    """The error of forecasts whose actuals have not arrived yet, estimated (fleetmon.outputs.estimation)."""
+
+    enabled: bool = True
+    # The loss model learns from the forecasters' matured rows with an actual of the last this many
+    # seconds (default: the longest of outputs.windows), and is refitted this often.
+    reference_seconds: float | None = Field(default=None, gt=0)
+    refit_seconds: float = Field(default=3600, gt=0)
+
+
 class DriftConfig(_Model):
     enabled: bool = True
     # fleet: the batched engine (same numbers as Evidently, fleet-wide); evidently: Evidently per model.
@@ -424,6 +444,7 @@ class DriftConfig(_Model):
     # Columns not tested for drift: calendar features (hour_of_day, day_of_week) differ between a short
     # current window and a long reference by construction.
     exclude: list[str] = Field(default_factory=list)
+    multivariate: MultivariateDriftConfig = Field(default_factory=MultivariateDriftConfig)
 
 
 class OutputsConfig(_Model):
@@ -446,6 +467,7 @@ class OutputsConfig(_Model):
     # Quantiles of the anomaly score exported per anomaly detector and window.
     score_quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.9, 0.99])
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    estimation: EstimationConfig = Field(default_factory=EstimationConfig)
     versions: VersionsConfig = Field(default_factory=VersionsConfig)
     quarantine_dir: Path = Path("var/quarantine/outputs")
     state_dir: Path = Path("var/state/outputs")
@@ -589,6 +611,12 @@ class DemoConfig(_Model):
     # challenger version beside the champion (shadow predictions, alias "challenger"; half of the
     # forecasters' truly better, every detector's worse). 0: none.
     challenger_share: float = Field(default=0.25, ge=0, le=1)
+    # How late each building's meter data (actuals) arrive, in simulated hours: [min, max] for every
+    # building (each its own, fixed by the seed), and per building id a delay of its own, as real meter
+    # data is (hours for some, days for others). Until they arrive, the error is estimated
+    # (outputs.estimation).
+    actual_delay_hours: tuple[int, int] = (2, 4)
+    actual_delay_overrides: dict[str, int] = Field(default_factory=dict)
     # The simulated training API (POST /train: retraining requests, docs/formats.md) on 127.0.0.1 while the
     # simulator runs live. 0: off.
     training_api_port: int = Field(default=9721, ge=0, le=65535)
@@ -604,6 +632,21 @@ class DemoConfig(_Model):
     def _durations(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         if v is not None and not 0 < v[0] <= v[1]:
             raise ValueError("must be [min, max] with 0 < min <= max")
+        return v
+
+    @field_validator("actual_delay_hours")
+    @classmethod
+    def _delays(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= v[0] <= v[1]:
+            raise ValueError("must be [min, max] hours with 0 <= min <= max")
+        return v
+
+    @field_validator("actual_delay_overrides")
+    @classmethod
+    def _delay_overrides(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {b: h for b, h in v.items() if h < 0}
+        if bad:
+            raise ValueError(f"delays must be >= 0 hours: {bad}")
         return v
 
     @field_validator("pushgateway_url")

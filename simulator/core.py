@@ -106,7 +106,7 @@ class Simulator:
         self.act_dir = self.out / "outputs" / "actuals"
         for d in (self.pred_dir, self.act_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.world = World(cfg.fleet, demo.seed)
+        self.world = World(cfg.fleet, demo.seed, demo.actual_delay_hours, demo.actual_delay_overrides)
         self.schedule = Schedule(
             cfg.fleet,
             demo.seed,

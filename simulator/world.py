@@ -194,7 +194,13 @@ def _occupancy_profile(btype: str, hour: int, dow: int, doy: int) -> float:
 class World:
     """The fleet's buildings and models, and their data at any simulated hour."""
 
-    def __init__(self, fleet: FleetConfig, seed: int) -> None:
+    def __init__(
+        self,
+        fleet: FleetConfig,
+        seed: int,
+        actual_delay_hours: tuple[int, int] = (2, 4),
+        actual_delay_overrides: dict[str, int] | None = None,
+    ) -> None:
         self.fleet = fleet
         self.seed = seed
         self.buildings = fleet.buildings()
@@ -226,8 +232,19 @@ class World:
             0.8 + 0.4 * r[:, 1]
         )
         self.h_mult = np.array([INTENSITY.get(t, (0.003, 1.0))[1] for t in self.btype])
-        # actuals arrive 2..4 simulated hours after the hour they measure
-        self.actual_lag = (2 + (r[:, 2] * 3).astype(int)).clip(2, 4)
+        # actuals arrive lo..hi simulated hours after the hour they measure (demo.actual_delay_hours), or
+        # the building's own delay (demo.actual_delay_overrides, by building id)
+        lo, hi = actual_delay_hours
+        lag = (lo + (r[:, 2] * (hi - lo + 1)).astype(int)).clip(lo, hi)
+        overrides = actual_delay_overrides or {}
+        unknown = sorted(set(overrides) - {b.id for _, b in self.buildings})
+        if unknown:
+            raise ValueError(
+                f"demo.actual_delay_overrides: no such building in the fleet: {', '.join(unknown)}"
+            )
+        self.actual_lag = np.array(
+            [overrides.get(b.id, int(lag[i])) for i, (_, b) in enumerate(self.buildings)]
+        )
         self.energies = {(c.id, b.id): list(b.energy_types or fleet.energy_types) for c, b in self.buildings}
         self.models: list[ModelKey] = fleet.models()
         # per model constants: bias and noise of its forecasts

@@ -30,6 +30,9 @@ from fleetmon.procs import (
     wait_for_http,
 )
 
+# NannyML (the reference some tests compare with) sends usage events to segment.io unless told not to.
+os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -155,7 +158,9 @@ class DemoStack:
             if time.time() > deadline:
                 log = self.state_dir / "log" / "simulator.log"
                 tail = log.read_text(errors="replace")[-4000:] if log.exists() else "(no simulator.log)"
-                raise AssertionError(f"no incident scheduled {timeout:.0f} s after start; simulator.log:\n{tail}")
+                raise AssertionError(
+                    f"no incident scheduled {timeout:.0f} s after start; simulator.log:\n{tail}"
+                )
             time.sleep(2)
 
     def query(self, promql: str) -> list[dict[str, Any]]:

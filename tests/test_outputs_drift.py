@@ -10,6 +10,7 @@ import importlib.util
 import json
 import subprocess
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +276,102 @@ def test_jobs_use_the_windows_columns_and_exclusions_of_the_config(tmp_path: Pat
         pd.testing.assert_frame_equal(job.reference, want["reference"][cols].reset_index(drop=True))
         pd.testing.assert_frame_equal(job.current, want["current"][cols].reset_index(drop=True))
         assert set(job.overrides) == ({"prediction"} if job.key.model == "forecast" else set())
+
+
+def test_multivariate_drift_is_exported_with_nannymls_numbers(tmp_path: Path) -> None:
+    """The drift cycle also scores every model's features together (NannyML's data reconstruction, batched:
+    fleetmon.drift.multivariate) and exports the error and its band. The exported numbers equal NannyML's
+    own calculator on the same windows; a model whose features keep their distributions but lose their
+    correlation is outside the band; `multivariate.enabled: false` exports none of it."""
+    import os
+
+    os.environ.setdefault("NML_DISABLE_USAGE_LOGGING", "1")  # NannyML sends usage events otherwise
+    import nannyml as nml
+
+    now = 1_800_000_000.0
+    rng = np.random.default_rng(11)
+    made = np.arange(now - REF_W - CUR_W + STEP / 2, now - 1, STEP)
+    current = made >= now - CUR_W
+    feats = ["a", "b", "c"]
+    recs: list[dict[str, Any]] = []
+    frames: dict[tuple[str, str], tuple[pd.DataFrame, pd.DataFrame]] = {}
+    for energy in ("electricity", "heating"):
+        for model in ("forecast", "anomaly"):
+            a = rng.normal(0, 1, len(made))
+            b = 0.8 * a + rng.normal(0, 0.6, len(made))
+            c = rng.normal(5, 2, len(made))
+            if (energy, model) == SHIFTED:  # b no longer follows a: same marginal, broken correlation
+                b = np.where(current, rng.permutation(b), b)
+            cols = {"a": a, "b": b, "c": c}
+            frames[(energy, model)] = (
+                pd.DataFrame({k: v[~current] for k, v in cols.items()}),
+                pd.DataFrame({k: v[current] for k, v in cols.items()}),
+            )
+            for i, t in enumerate(made):
+                rec: dict[str, Any] = {
+                    "customer": "c1",
+                    "building": "b1",
+                    "energy": energy,
+                    "model": model,
+                    "made_at": iso(t),
+                    "target_time": iso(t + H),
+                    "features": {k: float(v[i]) for k, v in cols.items()},
+                }
+                if model == "forecast":
+                    rec["prediction"] = 50.0 + float(a[i])
+                else:
+                    rec["anomaly_score"], rec["anomaly_flag"] = 0.1, 0
+                recs.append(rec)
+    write(tmp_path, recs)
+    outputs = {**outputs_cfg(tmp_path, "fleet"), "features": feats}
+    cfg = Config.model_validate({"fleet": FLEET, "outputs": outputs})
+    pipeline = OutputsPipeline(cfg, clock=lambda: now)
+    drift = DriftCollector(cfg, pipeline)
+    exp = Exporter("outputs", {"outputs": OutputsCollector(cfg, pipeline), "drift": drift})
+    try:
+        assert exp.poll_once("outputs")
+        assert exp.poll_once("drift"), exp.poll_states["drift"].last_error
+        for (energy, model), (ref, cur) in frames.items():
+            assert (len(ref), len(cur)) == (200, 50)
+            with warnings.catch_warnings():  # "too few chunks" (4): a warning, an error where they are
+                warnings.simplefilter("ignore")
+                calc = nml.DataReconstructionDriftCalculator(column_names=feats, chunk_size=len(cur))
+                res = calc.fit(ref).calculate(cur).filter(period="analysis").to_df()
+            want = float(res[("reconstruction_error", "value")].iloc[0])
+            labels = {"customer": "c1", "building": "b1", "energy": energy, "model": model}
+            got = value(exp, "fleetmon_drift_multivariate_error", **labels)
+            assert got == pytest.approx(want, rel=1e-9), (energy, model)
+            upper = value(exp, "fleetmon_drift_multivariate_upper_threshold", **labels)
+            assert upper == pytest.approx(calc.upper_threshold_value, rel=1e-9)
+            lower = value(exp, "fleetmon_drift_multivariate_lower_threshold", **labels)
+            if calc.lower_threshold_value is None:
+                assert lower is None
+            else:
+                assert lower == pytest.approx(calc.lower_threshold_value, rel=1e-9, abs=1e-12)
+            alert = bool(res[("reconstruction_error", "alert")].iloc[0])
+            assert alert == ((energy, model) == SHIFTED), (energy, model, got, upper)
+            assert (got > upper) == alert
+        body = exp.exposition()
+        res_check = subprocess.run(
+            ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
+        )
+        assert res_check.returncode == 0, res_check.stderr.decode()
+    finally:
+        exp.stop()
+
+    off = Config.model_validate(
+        {
+            "fleet": FLEET,
+            "outputs": {**outputs, "drift": {**outputs["drift"], "multivariate": {"enabled": False}}},
+        }
+    )
+    pipeline = OutputsPipeline(off, clock=lambda: now)
+    exp = Exporter(
+        "outputs", {"outputs": OutputsCollector(off, pipeline), "drift": DriftCollector(off, pipeline)}
+    )
+    try:
+        assert exp.poll_once("outputs") and exp.poll_once("drift")
+        lines = exp.exposition().splitlines()
+        assert not [line for line in lines if line.startswith(b"fleetmon_drift_multivariate")]
+    finally:
+        exp.stop()

@@ -627,3 +627,25 @@ def test_a_log_passing_its_size_limit_is_rotated_to_dot_1(tmp_path: Path) -> Non
 
 def generate_fleet_models() -> list[ModelKey]:
     return FleetConfig(customers=generate_fleet(1, 1, 2)).models()
+
+
+def test_actuals_arrive_as_late_as_configured_per_building(tmp_path: Path) -> None:
+    """demo.actual_delay_hours for every building, demo.actual_delay_overrides for one: its actuals of hour
+    k are written at hour k + its delay; an override naming no building of the fleet is an error."""
+    cfg = make_cfg(tmp_path, buildings=5, customers=1, actual_delay_hours=(1, 1))
+    building = cfg.fleet.customers[0].buildings[2].id
+    cfg.demo.actual_delay_overrides = {building: 7}
+    sim = Simulator(cfg, start=START, mlflow=False)
+    try:
+        lags = dict(zip([b.id for _, b in sim.world.buildings], sim.world.actual_lag, strict=True))
+        assert lags[building] == 7 and {v for k, v in lags.items() if k != building} == {1}
+        j = sim.first_k + 20
+        recs = sim.world.actual_records(j, sim.interval, sim.first_k)
+        got = {r["building"]: ts(r["target_time"]) for r in recs}
+        assert got[building] == pytest.approx((j - 7) * sim.interval)
+        assert all(t == pytest.approx((j - 1) * sim.interval) for b, t in got.items() if b != building)
+    finally:
+        sim.close()
+    cfg.demo.actual_delay_overrides = {"no-such-building": 3}
+    with pytest.raises(ValueError, match="no-such-building"):
+        Simulator(cfg, start=START, mlflow=False)

@@ -213,6 +213,21 @@ def build() -> dashboard.Dashboard:
     )
     d = d.with_panel(
         ts(
+            "Multivariate drift (all features together)",
+            [
+                q(m("fleetmon_drift_multivariate_error", s), "reconstruction error"),
+                q(m("fleetmon_drift_multivariate_upper_threshold", s), "upper threshold"),
+                q(m("fleetmon_drift_multivariate_lower_threshold", s), "lower threshold"),
+            ],
+            w=12,
+            h=7,
+            description="NannyML's data-reconstruction drift: PCA fitted on the reference, the current window's "
+            "mean reconstruction error against the reference chunks' band (mean +- 3 sd); outside the band = "
+            "the features' joint distribution changed, e.g. a broken correlation no per-feature test sees",
+        )
+    )
+    d = d.with_panel(
+        ts(
             "Drift windows (rows)",
             [
                 q(m("fleetmon_drift_reference_rows", s), "reference"),
@@ -244,6 +259,43 @@ def build() -> dashboard.Dashboard:
             unit="kwatth",
             description="forecasters, over the matured predictions with an actual in each window; bias > 0 "
             "= over-forecast",
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Error before the actuals: estimated against realised MAE (kWh)",
+            [
+                q(f"{m('fleetmon_model_estimated_mae_joules', s, window=SHORT_WINDOW)} / {KWH}", "estimated"),
+                q(
+                    f"{m('fleetmon_model_mae_joules', s, window=SHORT_WINDOW)} / {KWH}",
+                    "realised (known actuals)",
+                ),
+            ],
+            w=12,
+            h=8,
+            unit="kwatth",
+            description=f"forecasters, over {SHORT_WINDOW}: the realised MAE covers only the hours whose actuals "
+            "have arrived; the estimate adds the pending hours' errors as a loss model learnt from the "
+            "model's past predicts them (Direct Loss Estimation). The realised line catches up as the "
+            "actuals arrive",
+        )
+    )
+    d = d.with_panel(
+        stat_panel(
+            "How good the estimates were",
+            [
+                q(
+                    'max by (estimator) (fleetmon_outputs_estimation_error_ratio{energy=~"$energy"})',
+                    "{{estimator}}",
+                    instant=True,
+                )
+            ],
+            w=12,
+            h=8,
+            unit="percentunit",
+            description="all forecasters of this energy type, predictions whose actual arrived after they were "
+            "estimated: per model |estimated - realised MAE|, summed, over the realised; dle = the estimate, "
+            "naive = assuming the model's usual (reference) MAE",
         )
     )
     d = d.with_panel(

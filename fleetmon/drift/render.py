@@ -12,7 +12,12 @@ Series (labels ``customer``, ``building``, ``energy``, ``model`` on all of them)
 - ``fleetmon_drift_column_computable{...,column,reason}``: 0 for a column that could not be computed,
   with the reason (``fleetmon.drift.types.NOT_COMPUTABLE_REASONS``); computable columns have no series;
 - ``fleetmon_drift_share``, ``fleetmon_drift_dataset_drifted``, ``fleetmon_drift_columns``,
-  ``fleetmon_drift_reference_rows``, ``fleetmon_drift_current_rows``.
+  ``fleetmon_drift_reference_rows``, ``fleetmon_drift_current_rows``;
+- multivariate drift (``fleetmon.drift.multivariate``, NannyML's data reconstruction):
+  ``fleetmon_drift_multivariate_error`` and its band, ``fleetmon_drift_multivariate_upper_threshold`` and
+  ``fleetmon_drift_multivariate_lower_threshold`` (no series where NannyML has no lower threshold); the
+  model drifted where the error is outside the band. A model whose score cannot be computed has only
+  ``fleetmon_drift_multivariate_computable{reason} 0``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from fleetmon.config import ModelKey
+from fleetmon.drift.multivariate import MultivariateResult
 from fleetmon.drift.types import DriftResult
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -40,6 +47,14 @@ _FAMILIES = [
     ("fleetmon_drift_columns", "Number of columns tested for drift; cached from the last drift cycle."),
     ("fleetmon_drift_reference_rows", "Rows in the reference window of the last drift cycle."),
     ("fleetmon_drift_current_rows", "Rows in the current window of the last drift cycle."),
+    ("fleetmon_drift_multivariate_error", "Multivariate drift of the input features: mean PCA reconstruction "
+     "error of the current window (NannyML's data reconstruction); cached from the last drift cycle."),
+    ("fleetmon_drift_multivariate_upper_threshold", "Upper end of the reconstruction error's band (reference "
+     "chunks' mean + k standard deviations); cached from the last drift cycle."),
+    ("fleetmon_drift_multivariate_lower_threshold", "Lower end of the band (absent where it would be <= 0, as "
+     "NannyML drops it); cached from the last drift cycle."),
+    ("fleetmon_drift_multivariate_computable", "0 for a model whose multivariate drift could not be computed, "
+     "with the reason (computable models have no series); cached from the last drift cycle."),
 ]  # fmt: skip
 
 
@@ -70,15 +85,20 @@ class RenderedDrift:
         return self.body, headers
 
 
-def render_text(results: Iterable[DriftResult]) -> tuple[str, int]:
+def _base(k: ModelKey) -> str:
+    return (
+        f'customer="{_esc(k.customer)}",building="{_esc(k.building)}",'
+        f'energy="{_esc(k.energy)}",model="{_esc(k.model)}"'
+    )
+
+
+def render_text(
+    results: Iterable[DriftResult], multivariate: Iterable[MultivariateResult] = ()
+) -> tuple[str, int]:
     """The exposition text of these results (families in a fixed order) and its number of series."""
     lines: dict[str, list[str]] = {name: [] for name, _ in _FAMILIES}
     for r in results:
-        k = r.key
-        base = (
-            f'customer="{_esc(k.customer)}",building="{_esc(k.building)}",'
-            f'energy="{_esc(k.energy)}",model="{_esc(k.model)}"'
-        )
+        base = _base(r.key)
         for c in r.columns:
             col = _esc(c.column)
             if c.drifted is None or c.score is None:
@@ -102,6 +122,23 @@ def render_text(results: Iterable[DriftResult]) -> tuple[str, int]:
             f"fleetmon_drift_reference_rows{{{base}}} {r.n_reference}"
         )
         lines["fleetmon_drift_current_rows"].append(f"fleetmon_drift_current_rows{{{base}}} {r.n_current}")
+    for mv in multivariate:
+        base = _base(mv.key)
+        if mv.error is not None:
+            lines["fleetmon_drift_multivariate_computable"].append(
+                f'fleetmon_drift_multivariate_computable{{{base},reason="{_esc(mv.error)}"}} 0'
+            )
+            continue
+        lines["fleetmon_drift_multivariate_error"].append(
+            f"fleetmon_drift_multivariate_error{{{base}}} {_num(mv.reconstruction_error)}"
+        )
+        lines["fleetmon_drift_multivariate_upper_threshold"].append(
+            f"fleetmon_drift_multivariate_upper_threshold{{{base}}} {_num(mv.upper_threshold)}"
+        )
+        if mv.lower_threshold is not None:
+            lines["fleetmon_drift_multivariate_lower_threshold"].append(
+                f"fleetmon_drift_multivariate_lower_threshold{{{base}}} {_num(mv.lower_threshold)}"
+            )
     out: list[str] = []
     n = 0
     for name, help_text in _FAMILIES:
@@ -112,9 +149,13 @@ def render_text(results: Iterable[DriftResult]) -> tuple[str, int]:
     return "\n".join(out) + "\n", n
 
 
-def render(results: Iterable[DriftResult], compresslevel: int = 6) -> RenderedDrift:
+def render(
+    results: Iterable[DriftResult],
+    compresslevel: int = 6,
+    multivariate: Iterable[MultivariateResult] = (),
+) -> RenderedDrift:
     """Render once per cycle: the exposition bytes and their gzip, ready for every scrape."""
-    text, n = render_text(results)
+    text, n = render_text(results, multivariate)
     body = text.encode("utf-8")
     # mtime=0: the same results give the same bytes
     return RenderedDrift(

@@ -53,7 +53,8 @@ import numpy as np
 import pandas as pd
 
 from fleetmon.config import Config, FileSource, SqlSource
-from fleetmon.outputs.quality import Quality, compute
+from fleetmon.outputs.estimation import FleetEstimator
+from fleetmon.outputs.quality import Quality, compute, join_actuals
 from fleetmon.outputs.quarantine import Quarantine
 from fleetmon.outputs.records import (
     READERS,
@@ -131,6 +132,20 @@ class OutputsPipeline:
         self.generation = 0
         self.quality: Quality | None = None
         self.versions: Versions | None = None  # None: outputs.versions.enabled is false
+        est = self.cfg.estimation
+        # The forecasters' error before their actuals arrive, per quality window (None: disabled).
+        self.estimation: FleetEstimator | None = (
+            FleetEstimator(
+                self.fleet,
+                self.features,
+                dict(self.cfg.windows),
+                est.reference_seconds or max(self.cfg.windows.values(), default=7 * 86400.0),
+                est.refit_seconds,
+            )
+            if est.enabled
+            else None
+        )
+        self.estimation_errors = 0
         if not readonly:
             self._restore_counters(self.state.counters)
 
@@ -444,9 +459,22 @@ class OutputsPipeline:
     def refresh_quality(self) -> Quality:
         now = self.clock()
         snap = self.store.snapshot(now)
+        actual = join_actuals(snap)
         self.quality = compute(
-            snap, self.fleet, dict(self.cfg.windows), self.features, list(self.cfg.score_quantiles), now
+            snap,
+            self.fleet,
+            dict(self.cfg.windows),
+            self.features,
+            list(self.cfg.score_quantiles),
+            now,
+            actual=actual,
         )
+        if self.estimation is not None:
+            try:
+                self.estimation.update(snap, actual, now)
+            except Exception as e:  # the quality above stands; the last estimates are kept
+                self.estimation_errors += 1
+                log.warning("error estimation failed: %s: %s", type(e).__name__, e)
         if self.cfg.versions.enabled:
             self.versions = compute_versions(snap, self.fleet, self.cfg.versions, now)
         return self.quality

@@ -95,7 +95,9 @@ def compute(
     features: list[str],
     quantiles: list[float],
     now: float,
+    actual: np.ndarray | None = None,
 ) -> Quality:
+    """``actual``: ``join_actuals(snap)`` if the caller has it already."""
     pred = snap.predictions
     n = len(fleet.models)
     model = pred["model"].to_numpy()
@@ -104,7 +106,8 @@ def compute(
     prediction = pred["prediction"].to_numpy()
     score = pred["score"].to_numpy()
     flag = pred["flag"].to_numpy()
-    actual = join_actuals(snap)
+    if actual is None:
+        actual = join_actuals(snap)
     is_fc = fleet.is_forecaster[model] if len(model) else np.zeros(0, dtype=bool)
     is_an = fleet.is_anomaly[model] if len(model) else np.zeros(0, dtype=bool)
 
