@@ -107,13 +107,16 @@ def test_every_shard_and_component_reaches_the_central_store(scale_stack: ScaleS
 
     s.wait("every target up in VictoriaMetrics", targets_up)
     # each shard's exporters carry its shard label; the models are split between them, none twice
-    per_shard = s.wait(
-        "models of both shards",
-        lambda: {
+
+    def models_per_shard() -> dict[str, float] | None:
+        got = {
             r["metric"].get("shard"): float(r["value"][1])
             for r in s.query("count by (shard) (fleetmon_model_last_prediction_timestamp_seconds)")
-        },
-    )
+        }
+        # until both shards' first polls have reached the store (one may be slower to start)
+        return got if len(got) >= 2 else None
+
+    per_shard = s.wait("models of both shards", models_per_shard)
     assert set(per_shard) == {"0", "1"} and sum(per_shard.values()) == 80, per_shard
     assert not s.query(
         "count by (customer, building, energy, model) (fleetmon_model_last_prediction_timestamp_seconds) > 1"
