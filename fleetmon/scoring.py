@@ -8,7 +8,9 @@ this job:
 2. asks the MLflow registry which versions of each fleet model to benchmark: those carrying an alias of
    ``aliases`` (``challenger``) and those newer than the champion, never the version that serves the rows,
    at most ``max_versions_per_model`` (the newest);
-3. loads each version with ``mlflow.pyfunc.load_model("models:/<name>/<version>")`` and predicts the stored
+3. loads each version with ``mlflow.pyfunc.load_model`` -- from the artifact location the registry's
+   version search gave (``storage_location``, or a ``source`` that is one), else from
+   ``models:/<name>/<version>`` as the registry resolves it -- and predicts the stored
    features of every target it has not scored yet, in a pool of ``workers`` processes: model code runs
    there, never in this process, each worker under an address-space limit (``memory_limit_mb``) and each
    call under ``timeout_seconds`` (a worker past it is killed and replaced); loaded models are cached per
@@ -89,17 +91,18 @@ def _worker_main(conn: Any, memory_limit_mb: int, cache_size: int, tracking_uri:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        uri, columns, values = msg
+        uri, location, columns, values = msg
         try:
-            conn.send(_score_one(cache, cache_size, uri, columns, values, resolved))
+            conn.send(_score_one(cache, cache_size, uri, columns, values, resolved, location))
         except (EOFError, OSError):
             return
 
 
-def _load(uri: str, resolved: dict[str, str]) -> Any:
+def _load(uri: str, resolved: dict[str, str], location: str = "") -> Any:
     """``mlflow.pyfunc.load_model`` of a ``models:/<name>/<version>`` URI. What a registered version points
     at never changes, so the artifact location is asked of the registry once per worker (two requests fewer
-    on every later load of the version: a third of a load's time at 4,000 versions).
+    on every later load of the version: a third of a load's time at 4,000 versions), or not at all when the
+    registry's version search already gave it (``location``: see ``artifact_location``).
 
     MLflow compares a model's pip requirements with the installed packages on every load (three quarters
     of a small scikit-learn model's load time); a fleet's versions come from one training pipeline, so a
@@ -109,8 +112,22 @@ def _load(uri: str, resolved: dict[str, str]) -> Any:
 
     first = not resolved
     if uri not in resolved:
-        resolved[uri] = ModelsArtifactRepository.get_underlying_uri(uri)
+        resolved[uri] = location or ModelsArtifactRepository.get_underlying_uri(uri)
     return mlflow.pyfunc.load_model(resolved[uri], suppress_warnings=not first)
+
+
+def artifact_location(mv: dict[str, Any]) -> str:
+    """Where a model version's files are, from the registry's version search, when the answer says so: its
+    ``storage_location``, or a ``source`` that is itself an artifact location (``file:``, ``s3:``,
+    ``mlflow-artifacts:``, ...). What the registry's download URI would be for them. "" for a ``models:/``
+    or ``runs:/`` source, which only the registry resolves (one request per version)."""
+    storage = str(mv.get("storage_location") or "")
+    if storage:
+        return storage
+    source = str(mv.get("source") or "")
+    if not source or source.startswith(("models:", "runs:")):
+        return ""
+    return source
 
 
 def _score_one(
@@ -120,6 +137,7 @@ def _score_one(
     columns: list[str],
     values: np.ndarray,
     resolved: dict[str, str] | None = None,
+    location: str = "",
 ) -> tuple[str, Any, bool]:
     """("ok", predictions, cache hit) or (reason, detail, cache hit)."""
     hit = uri in cache
@@ -130,11 +148,11 @@ def _score_one(
             model = cache[uri]
         else:
             try:
-                model = _load(uri, resolved)
+                model = _load(uri, resolved, location)
             except MemoryError:
                 # The cache may hold what the address-space limit needs: empty it and try once more.
                 cache.clear()
-                model = _load(uri, resolved)
+                model = _load(uri, resolved, location)
             cache[uri] = model
             while len(cache) > cache_size:
                 cache.popitem(last=False)
@@ -203,14 +221,16 @@ class Worker:
             self.conn.close()
             self.proc = None
 
-    def call(self, uri: str, columns: list[str], values: np.ndarray, timeout: float) -> tuple[str, Any, bool]:
+    def call(
+        self, uri: str, columns: list[str], values: np.ndarray, timeout: float, location: str = ""
+    ) -> tuple[str, Any, bool]:
         if self.proc is None or not self.proc.is_alive():
             if self.proc is not None:
                 self.stop()
                 self.restarts += 1
             self._start()
         try:
-            self.conn.send((uri, columns, values))
+            self.conn.send((uri, location, columns, values))
             if not self.conn.poll(timeout):
                 self.stop()
                 self.restarts += 1
@@ -234,6 +254,7 @@ class Candidate:
     name: str  # registered model
     version: int
     alias: str
+    location: str = ""  # the version's artifact location when the registry's search gave it
 
 
 @dataclass
@@ -371,7 +392,9 @@ class Scorer:
                     continue
                 if (model_id, version) in self.platform_shadow:
                     continue
-                out.append(Candidate(key, model_id, name, version, alias or DEFAULT_ALIAS))
+                out.append(
+                    Candidate(key, model_id, name, version, alias or DEFAULT_ALIAS, artifact_location(mv))
+                )
         # the newest few per model
         out.sort(key=lambda c: (c.model_id, -c.version))
         kept: list[Candidate] = []
@@ -430,7 +453,11 @@ class Scorer:
                 values = todo[cols].to_numpy(dtype=np.float64)
                 uri = f"models:/{c.name}/{c.version}"
                 status, payload, hit = self.workers[i].call(
-                    uri, [col[len(FEATURE_PREFIX) :] for col in cols], values, self.sc.timeout_seconds
+                    uri,
+                    [col[len(FEATURE_PREFIX) :] for col in cols],
+                    values,
+                    self.sc.timeout_seconds,
+                    c.location,
                 )
                 with lock:
                     res.calls += 1

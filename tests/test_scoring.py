@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -419,3 +420,32 @@ def test_the_command_refuses_when_scoring_is_off(tmp_path: Path, capsys: pytest.
     cfg.write_text("scoring:\n  enabled: false\n")
     assert main(["--config.file", str(cfg), "--once"]) == 2
     assert "scoring.enabled is false" in capsys.readouterr().err
+
+
+def test_a_version_whose_files_the_search_named_loads_without_asking_the_registry(tmp_path: Path) -> None:
+    """The registry's version search names where a version's files are (``storage_location``, or a
+    ``source`` that is an artifact location): the worker loads from there, with no request per version to
+    resolve ``models:/<name>/<version>`` (here no registry is reachable at all). ``models:/`` and
+    ``runs:/`` sources are still resolved by the registry."""
+    import mlflow.sklearn
+    from sklearn.linear_model import LinearRegression
+
+    from fleetmon.scoring import _score_one, artifact_location
+
+    files = (tmp_path / "v7").as_uri()
+    assert artifact_location({"source": files}) == files
+    assert artifact_location({"source": "runs:/abc/model", "storage_location": files}) == files
+    assert artifact_location({"source": "runs:/abc/model"}) == ""
+    assert artifact_location({"source": "models:/m-0123"}) == ""
+    assert artifact_location({}) == ""
+
+    x = np.arange(12, dtype=np.float64).reshape(6, 2)
+    model = LinearRegression().fit(pd.DataFrame(x, columns=["a", "b"]), x @ np.array([2.0, -1.0]) + 3.0)
+    mlflow.sklearn.save_model(model, str(tmp_path / "v7"))
+    cache: Any = __import__("collections").OrderedDict()
+    status, preds, hit = _score_one(cache, 4, "models:/no-registry-here/7", ["a", "b"], x, {}, location=files)
+    assert (status, hit) == ("ok", False), preds
+    assert np.allclose(preds, x @ np.array([2.0, -1.0]) + 3.0)
+    # without the location, resolving the URI needs the registry (none here): a load failure, reported
+    status, detail, _ = _score_one(cache, 4, "models:/no-registry-here/8", ["a", "b"], x, {})
+    assert status == "load_failed", detail
