@@ -301,34 +301,35 @@ def estimation_families(p: OutputsPipeline) -> list[Metric]:
     )
     energies = sorted({m.energy for m in fleet.models})
     energy = np.array([m.energy for m in fleet.models])
-    resolved = CounterMetricFamily(
-        "fleetmon_outputs_estimation_resolved_predictions",
-        "Forecaster predictions whose error was estimated while pending and whose actual has since arrived, "
-        "by energy type (since the exporter started).",
+    checked = CounterMetricFamily(
+        "fleetmon_outputs_estimation_windows_checked",
+        "Forecaster windows (the shortest of outputs.windows) whose estimated MAE, made while actuals were "
+        "pending, was checked against the realised MAE once they were in (outputs.estimation.settle_seconds "
+        "later), by energy type, since the exporter started.",
         labels=["energy"],
     )
     ratio = GaugeMetricFamily(
         "fleetmon_outputs_estimation_error_ratio",
-        "How far the estimated MAE of those predictions was from their realised MAE, per model, relative: "
-        "sum over models of |estimated - realised| / sum of realised, by energy type; estimator=dle (Direct "
-        "Loss Estimation) or naive (the model's reference MAE, what one would assume without it).",
+        "How far the MAE of those windows, as known when they were pending, was from their realised MAE: "
+        "the sum of |estimate - realised| over the sum of realised, by energy type and estimator: dle (the "
+        "estimate, Direct Loss Estimation), known (the MAE of the rows whose actuals were in, what one sees "
+        "without an estimate), naive (the model's reference MAE).",
         labels=["energy", "estimator"],
     )
     for en in energies:
         sel = energy == en
-        resolved.add_metric([en], float(est.resolved[sel].sum()))
-        realised = float(est.realised_abs[sel].sum())
+        checked.add_metric([en], float(est.checked[sel].sum()))
+        realised = float(est.realised[sel].sum())
         if realised > 0:
-            for name, values in (("dle", est.estimated_abs), ("naive", est.naive_abs)):
-                dev = float(np.abs(values[sel] - est.realised_abs[sel]).sum())
-                ratio.add_metric([en, name], dev / realised)
+            for name, dev in est.deviation.items():
+                ratio.add_metric([en, name], float(dev[sel].sum()) / realised)
     errors = CounterMetricFamily(
         "fleetmon_outputs_estimation_errors",
         "Outputs polls whose error estimation failed (the quality was still computed; the last estimates "
         "stand); the exporter's log says why.",
         value=float(p.estimation_errors),
     )
-    return [g, fitted, resolved, ratio, errors]
+    return [g, fitted, checked, ratio, errors]
 
 
 def serving_families(p: OutputsPipeline) -> list[Metric]:

@@ -425,6 +425,9 @@ class EstimationConfig(_Model):
     # seconds (default: the longest of outputs.windows), and is refitted this often.
     reference_seconds: float | None = Field(default=None, gt=0)
     refit_seconds: float = Field(default=3600, gt=0)
+    # How good the estimates were is checked this long after they were made, when the late actuals of
+    # their window are in (longer than the latest meter data of the fleet arrive).
+    settle_seconds: float = Field(default=2 * 86400, gt=0)
 
 
 class DriftConfig(_Model):

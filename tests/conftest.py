@@ -107,6 +107,8 @@ DEMO_STACK_TUNING: dict[str, Any] = {
             "poll_interval_seconds": 3,
             "windows": {"24h": 180, "7d": 1260},
             "retention_seconds": 1500,
+            # the estimates' accuracy checked 12 simulated hours later (the demo's latest actuals: 10 h)
+            "estimation": {"settle_seconds": 90},
             "drift": {
                 "interval_seconds": 10,
                 "reference_window_seconds": 1260,

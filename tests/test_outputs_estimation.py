@@ -111,6 +111,7 @@ def test_pending_errors_are_estimated_and_the_estimates_checked_once_the_actuals
         retention_seconds=9 * 24 * H,
         refresh_seconds=0,
         drift={"enabled": False},
+        estimation={"settle_seconds": 120},
     )
     pipeline = OutputsPipeline(cfg, clock=lambda: clock[0])
     exp = Exporter("outputs", {"outputs": OutputsCollector(cfg, pipeline)})
@@ -134,17 +135,26 @@ def test_pending_errors_are_estimated_and_the_estimates_checked_once_the_actuals
         )
         assert res.returncode == 0, res.stderr.decode()
 
-        # the late actuals arrive: the estimates of those 10 hours are checked against them
+        # the late actuals arrive; settle_seconds after the first poll, the day's estimate is checked
+        # against the day's realised MAE: closer than the MAE of the hours known then, and than the naive
+        # guess (the week's MAE)
         write(tmp_path, w, range(HOURS - PENDING, HOURS))
         clock[0] = NOW + 60
         assert exp.poll_once("outputs")
-        resolved = values(exp, "fleetmon_outputs_estimation_resolved_predictions_total")
-        assert resolved == {(("energy", "electricity"),): PENDING, (("energy", "heating"),): PENDING}
+        assert values(exp, "fleetmon_outputs_estimation_windows_checked_total") == {
+            (("energy", "electricity"),): 0.0,
+            (("energy", "heating"),): 0.0,
+        }
+        clock[0] = NOW + 130
+        assert exp.poll_once("outputs")
+        checked = values(exp, "fleetmon_outputs_estimation_windows_checked_total")
+        assert checked == {(("energy", "electricity"),): 1.0, (("energy", "heating"),): 1.0}
         ratio = values(exp, "fleetmon_outputs_estimation_error_ratio")
         for energy in w:
-            dle = ratio[(("energy", energy), ("estimator", "dle"))]
-            naive = ratio[(("energy", energy), ("estimator", "naive"))]
-            assert dle < naive, (energy, dle, naive)
+            dle, known, naive = (
+                ratio[(("energy", energy), ("estimator", e))] for e in ("dle", "known", "naive")
+            )
+            assert dle < known and dle < naive, (energy, dle, known, naive)
         # nothing pending any more: the estimate is the realised MAE
         est = values(exp, "fleetmon_model_estimated_mae_joules")
         real = values(exp, "fleetmon_model_mae_joules")

@@ -293,9 +293,10 @@ def build() -> dashboard.Dashboard:
             w=12,
             h=8,
             unit="percentunit",
-            description="all forecasters of this energy type, predictions whose actual arrived after they were "
-            "estimated: per model |estimated - realised MAE|, summed, over the realised; dle = the estimate, "
-            "naive = assuming the model's usual (reference) MAE",
+            description="all forecasters of this energy type, each day's MAE as known while actuals were "
+            "pending against the day's realised MAE once they were in: sum of |estimate - realised| over the "
+            "realised; dle = the estimate, known = the MAE of the hours already in, naive = the model's usual "
+            "(reference) MAE",
         )
     )
     d = d.with_panel(

@@ -503,12 +503,17 @@ class EstimateLog:
 class FleetEstimator:
     """What the model-outputs exporter keeps between polls: the loss model (refitted every
     ``refit_seconds`` on the forecasters' matured rows with an actual of the last ``reference_seconds``),
-    this poll's estimates per quality window, and how good the estimates were once the actuals arrived.
+    this poll's estimates per quality window, and how good they turned out once the actuals were in.
 
-    Accuracy: every pending row's last estimate is logged (``EstimateLog``); when its actual arrives, the
-    row's estimated and realised absolute errors, and the naive estimate (the model's reference MAE), are
-    added to running totals per model. Per model, the estimate of the MAE of every row resolved so far is
-    then ``estimated / resolved`` against ``realised / resolved``. The totals start at 0 with the process."""
+    Accuracy, per forecaster, on the shortest window (a day): each poll's estimated MAE of the window is
+    kept with the MAE of the rows whose actuals were known then (what one sees without an estimate) and the
+    naive estimate (the model's reference MAE). ``settle_seconds`` later, when the window's late actuals
+    have arrived, the same rows' realised MAE is computed, and each estimate's distance to it is added to
+    running totals (from the start of the process): ``checked`` windows, ``realised`` (the sum of their
+    realised MAEs) and ``deviation[estimator]`` (of |estimate - realised|), estimator ``dle``, ``known`` and
+    ``naive``. ``deviation / realised`` is an estimator's relative error."""
+
+    ESTIMATORS = ("dle", "known", "naive")
 
     def __init__(
         self,
@@ -517,20 +522,22 @@ class FleetEstimator:
         windows: dict[str, float],
         reference_seconds: float,
         refit_seconds: float,
+        settle_seconds: float,
     ) -> None:
         n = len(fleet.models)
         self.fleet = fleet
         self.windows = dict(windows)
         self.reference_seconds = reference_seconds
         self.refit_seconds = refit_seconds
+        self.settle_seconds = settle_seconds
         self.estimator = LossEstimator(n, features)
-        self.log = EstimateLog(n)
         self.fitted_at: float | None = None
         self.estimates: dict[str, EstimatedError] = {}
-        self.resolved = np.zeros(n)
-        self.estimated_abs = np.zeros(n)  # sums over the resolved rows of their estimated absolute error
-        self.realised_abs = np.zeros(n)  # ... of their realised absolute error
-        self.naive_abs = np.zeros(n)  # ... of the model's reference MAE at the time (the naive estimate)
+        # (time, window seconds, per model: the estimates of that window) waiting to be checked
+        self._pending: list[tuple[float, float, dict[str, np.ndarray]]] = []
+        self.checked = np.zeros(n)
+        self.realised = np.zeros(n)
+        self.deviation = {name: np.zeros(n) for name in self.ESTIMATORS}
 
     def update(self, snap: Snapshot, actual: np.ndarray, now: float) -> dict[str, EstimatedError]:
         if self.fitted_at is None or now - self.fitted_at >= self.refit_seconds:
@@ -541,13 +548,42 @@ class FleetEstimator:
             for name, seconds in self.windows.items()
         }
         if self.estimates:
-            # the longest window's pending rows include every other window's
-            longest = self.estimates[max(self.windows, key=lambda w: self.windows[w])]
-            acc = self.log.update(snap, actual, longest)
-            ok = acc.resolved > 0
-            self.resolved += acc.resolved
-            self.estimated_abs += np.where(ok, np.nan_to_num(acc.estimated_mae) * acc.resolved, 0.0)
-            self.realised_abs += np.where(ok, np.nan_to_num(acc.realised_mae) * acc.resolved, 0.0)
-            naive = np.nan_to_num(self.estimator.reference_mae[: len(ok)])
-            self.naive_abs += np.where(ok, naive * acc.resolved, 0.0)
+            self._check(snap, actual, now)
+            shortest = min(self.windows, key=lambda w: self.windows[w])
+            e = self.estimates[shortest]
+            # only windows with something pending say anything about the estimate
+            with_pending = e.pending > 0
+            self._pending.append(
+                (
+                    now,
+                    self.windows[shortest],
+                    {
+                        "dle": np.where(with_pending, e.estimated_mae, np.nan),
+                        "known": np.where(with_pending, e.realised_mae, np.nan),
+                        "naive": np.where(with_pending, e.reference_mae, np.nan),
+                    },
+                )
+            )
         return self.estimates
+
+    def _check(self, snap: Snapshot, actual: np.ndarray, now: float) -> None:
+        """The estimates made ``settle_seconds`` ago against the realised MAE of the same window now."""
+        due = [x for x in self._pending if x[0] <= now - self.settle_seconds]
+        self._pending = [x for x in self._pending if x[0] > now - self.settle_seconds]
+        pred = snap.predictions
+        if not due or pred.empty:
+            return
+        model = pred["model"].to_numpy()
+        target = pred["target"].to_numpy()
+        err = np.abs(pred["prediction"].to_numpy() - np.asarray(actual, dtype=np.float64))
+        fc = self.fleet.is_forecaster[model] & ~self.fleet.is_anomaly[model]
+        n = len(self.fleet.models)
+        for t, seconds, est in due:
+            rows = fc & (target <= t) & (target > t - seconds) & np.isfinite(err)
+            count = np.bincount(model[rows], minlength=n)[:n].astype(np.float64)
+            real = _ratio(np.bincount(model[rows], weights=err[rows], minlength=n)[:n], count)
+            ok = np.isfinite(real) & np.all([np.isfinite(v) for v in est.values()], axis=0)
+            self.checked[ok] += 1
+            self.realised[ok] += real[ok]
+            for name, values in est.items():
+                self.deviation[name][ok] += np.abs(values[ok] - real[ok])

@@ -141,6 +141,7 @@ class OutputsPipeline:
                 dict(self.cfg.windows),
                 est.reference_seconds or max(self.cfg.windows.values(), default=7 * 86400.0),
                 est.refit_seconds,
+                est.settle_seconds,
             )
             if est.enabled
             else None
