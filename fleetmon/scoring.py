@@ -91,9 +91,11 @@ def _worker_main(conn: Any, memory_limit_mb: int, cache_size: int, tracking_uri:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        uri, location, columns, values = msg
+        # a batch of versions: one answer per version, sent as soon as it is done (the parent reads them
+        # with a timeout each, so a hang is still one version's)
         try:
-            conn.send(_score_one(cache, cache_size, uri, columns, values, resolved, location))
+            for uri, location, columns, values in msg:
+                conn.send(_score_one(cache, cache_size, uri, columns, values, resolved, location))
         except (EOFError, OSError):
             return
 
@@ -196,6 +198,10 @@ def _typed_frame(model: Any, columns: list[str], values: np.ndarray) -> pd.DataF
     return frame
 
 
+# Versions per message to a worker (answered one by one): few enough that a batch is over in seconds.
+BATCH = 32
+
+
 class Worker:
     """The parent's end of one worker process; ``call`` kills and replaces it on a timeout or a crash."""
 
@@ -224,26 +230,63 @@ class Worker:
     def call(
         self, uri: str, columns: list[str], values: np.ndarray, timeout: float, location: str = ""
     ) -> tuple[str, Any, bool]:
-        if self.proc is None or not self.proc.is_alive():
-            if self.proc is not None:
-                self.stop()
-                self.restarts += 1
-            self._start()
-        try:
-            self.conn.send((uri, location, columns, values))
-            if not self.conn.poll(timeout):
-                self.stop()
-                self.restarts += 1
-                return "timeout", f"no answer within {timeout:g}s (worker killed)", False
-            status, payload, hit = self.conn.recv()
-            return str(status), payload, bool(hit)
-        except (EOFError, OSError, BrokenPipeError):
-            code = self.proc.exitcode if self.proc is not None else None
-            self.stop()
-            self.restarts += 1
-            # The kernel's OOM killer or an address-space limit hit in C code ends the process: SIGKILL /
-            # SIGSEGV / SIGABRT rather than a MemoryError.
-            return "worker_died", f"the worker process ended (exit code {code})", False
+        return self.call_many([(uri, location, columns, values)], timeout)[0]
+
+    def call_many(
+        self, items: Sequence[tuple[str, str, list[str], np.ndarray]], timeout: float
+    ) -> list[tuple[str, Any, bool]]:
+        """Score (uri, location, columns, values) items in one message: the worker answers each as soon as
+        it is done, so it never waits for the next request (a pipe round trip per version was most of an
+        hourly update). Each answer has ``timeout`` seconds; a worker past it, or dead, is replaced, that
+        item reported, and the items after it sent again to the new worker."""
+        out: list[tuple[str, Any, bool]] = []
+        todo = list(items)
+        unsent = 0
+        while todo:
+            if self.proc is None or not self.proc.is_alive():
+                if self.proc is not None:
+                    self.stop()
+                    self.restarts += 1
+                self._start()
+            try:
+                self.conn.send(todo)
+            except (EOFError, OSError, BrokenPipeError):
+                # the worker ended before it read the batch: a fresh one gets it; twice in a row, the
+                # first item is the one that cannot be sent
+                unsent += 1
+                if unsent > 1:
+                    out.append(self._died())
+                    todo, unsent = todo[1:], 0
+                else:
+                    self.stop()
+                    self.restarts += 1
+                continue
+            unsent = 0
+            done = 0
+            for _ in todo:
+                try:
+                    if not self.conn.poll(timeout):
+                        self.stop()
+                        self.restarts += 1
+                        out.append(("timeout", f"no answer within {timeout:g}s (worker killed)", False))
+                        break
+                    status, payload, hit = self.conn.recv()
+                except (EOFError, OSError, BrokenPipeError):
+                    out.append(self._died())
+                    break
+                out.append((str(status), payload, bool(hit)))
+                done += 1
+            # the failed item (if any) is answered; the ones after it go to the next worker
+            todo = todo[done + 1 :] if done < len(todo) else []
+        return out
+
+    def _died(self) -> tuple[str, Any, bool]:
+        code = self.proc.exitcode if self.proc is not None else None
+        self.stop()
+        self.restarts += 1
+        # The kernel's OOM killer or an address-space limit hit in C code ends the process: SIGKILL /
+        # SIGSEGV / SIGABRT rather than a MemoryError.
+        return "worker_died", f"the worker process ended (exit code {code})", False
 
 
 # ------------------------------------------------------------------------------------ the job
@@ -448,54 +491,63 @@ class Scorer:
         lock = threading.Lock()
 
         def run(i: int) -> None:
-            for c, todo in tasks[i]:
-                cols = [FEATURE_PREFIX + f for f in self.features if FEATURE_PREFIX + f in todo.columns]
-                values = todo[cols].to_numpy(dtype=np.float64)
-                uri = f"models:/{c.name}/{c.version}"
-                status, payload, hit = self.workers[i].call(
-                    uri,
-                    [col[len(FEATURE_PREFIX) :] for col in cols],
-                    values,
-                    self.sc.timeout_seconds,
-                    c.location,
-                )
-                with lock:
-                    res.calls += 1
-                    res.cache_hits += int(hit)
-                    if status != "ok":
-                        res.failures[status] += 1
-                        self.retry_at[(c.name, c.version)] = self.clock() + self.sc.retry_after_seconds
-                        self._failure(c, status, str(payload))
-                        continue
-                    labels = c.key.labels()
+            for start in range(0, len(tasks[i]), BATCH):
+                batch = tasks[i][start : start + BATCH]
+                items = []
+                for c, todo in batch:
+                    cols = [FEATURE_PREFIX + f for f in self.features if FEATURE_PREFIX + f in todo.columns]
                     names = [col[len(FEATURE_PREFIX) :] for col in cols]
-                    for made, target, pred, xs in zip(
-                        todo["made_at"].to_numpy(float),
-                        todo["target"].to_numpy(float),
-                        payload,
-                        values,
-                        strict=True,
-                    ):
-                        if not np.isfinite(pred):
-                            continue
-                        out_rows.append(
-                            {
-                                **labels,
-                                "made_at": _rfc3339(made),
-                                "target_time": _rfc3339(target),
-                                "prediction": round(float(pred), 6),
-                                "model_version": c.version,
-                                "alias": c.alias,
-                                # the inputs it scored (the outputs exporter checks every record's schema)
-                                "features": {
-                                    n: float(x) for n, x in zip(names, xs, strict=True) if np.isfinite(x)
-                                },
-                            }
-                        )
-                    self.scored.setdefault((c.model_id, c.version), set()).update(
-                        todo["target"].to_numpy(float).tolist()
+                    items.append(
+                        (f"models:/{c.name}/{c.version}", c.location, names, todo[cols].to_numpy(float))
                     )
-                    self.retry_at.pop((c.name, c.version), None)
+                answers = self.workers[i].call_many(items, self.sc.timeout_seconds)
+                for (c, todo), (_, _, names, values), answer in zip(batch, items, answers, strict=True):
+                    record(c, todo, names, values, answer)
+
+        def record(
+            c: Candidate,
+            todo: pd.DataFrame,
+            names: list[str],
+            values: np.ndarray,
+            answer: tuple[str, Any, bool],
+        ) -> None:
+            status, payload, hit = answer
+            with lock:
+                res.calls += 1
+                res.cache_hits += int(hit)
+                if status != "ok":
+                    res.failures[status] += 1
+                    self.retry_at[(c.name, c.version)] = self.clock() + self.sc.retry_after_seconds
+                    self._failure(c, status, str(payload))
+                    return
+                labels = c.key.labels()
+                for made, target, pred, xs in zip(
+                    todo["made_at"].to_numpy(float),
+                    todo["target"].to_numpy(float),
+                    payload,
+                    values,
+                    strict=True,
+                ):
+                    if not np.isfinite(pred):
+                        continue
+                    out_rows.append(
+                        {
+                            **labels,
+                            "made_at": _rfc3339(made),
+                            "target_time": _rfc3339(target),
+                            "prediction": round(float(pred), 6),
+                            "model_version": c.version,
+                            "alias": c.alias,
+                            # the inputs it scored (the outputs exporter checks every record's schema)
+                            "features": {
+                                n: float(x) for n, x in zip(names, xs, strict=True) if np.isfinite(x)
+                            },
+                        }
+                    )
+                self.scored.setdefault((c.model_id, c.version), set()).update(
+                    todo["target"].to_numpy(float).tolist()
+                )
+                self.retry_at.pop((c.name, c.version), None)
 
         with ThreadPoolExecutor(len(self.workers)) as pool:
             list(pool.map(run, range(len(self.workers))))
